@@ -1,0 +1,89 @@
+"""The `urbanseg` command: parses arguments and calls library functions, nothing more."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .data.io import DataError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x512' -> (256, 512) as (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 256x512, got '{text}'") from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got '{text}'")
+    return height, width
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import write_dataset
+
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    counts = {split: n for split, n in counts.items() if n > 0}
+    write_dataset(args.out, counts, size=args.size, seed=args.seed, workers=args.workers)
+    total = sum(counts.values())
+    print(f"wrote {total} scenes ({', '.join(f'{s} {n}' for s, n in counts.items())}) "
+          f"at {args.size[0]}x{args.size[1]} to {args.out}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import check_cityscapes
+
+    report = check_cityscapes(
+        args.root, write_train_ids=args.write_train_ids, cache_dir=args.cache, cache_size=args.cache_size
+    )
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="urbanseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a procedural street-scene dataset in Cityscapes layout")
+    p.add_argument("out", type=Path, help="root of the Cityscapes tree to write")
+    p.add_argument("--train", type=int, default=100, help="training images (default 100)")
+    p.add_argument("--val", type=int, default=20, help="validation images (default 20)")
+    p.add_argument("--test", type=int, default=0, help="test images (default 0)")
+    p.add_argument("--size", type=parse_size, default=(256, 512), help="HEIGHTxWIDTH (default 256x512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes generating in parallel")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prepare", help="check a dataset tree and prepare it for training")
+    p.add_argument("dataset", choices=["cityscapes"])
+    p.add_argument("--root", type=Path, required=True, help="Cityscapes root (holds leftImg8bit/ and gtFine/)")
+    p.add_argument("--write-train-ids", action="store_true", help="write *_gtFine_labelTrainIds.png beside each label")
+    p.add_argument("--cache", type=Path, help="fill the decoded-array cache in this folder")
+    p.add_argument("--cache-size", type=parse_size, help="HEIGHTxWIDTH to store in the cache (default: as is)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("demo", help="run the whole job on built-in procedural data")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"urbanseg: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

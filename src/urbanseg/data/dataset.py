@@ -1,0 +1,61 @@
+"""The dataset base class: a list of (image, mask) files, a label set, a loader and a transform."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from .cache import DirectLoader
+from .labels import LabelSet
+
+Transform = Callable[[np.ndarray, np.ndarray], tuple]
+
+
+class Sample(NamedTuple):
+    image: Path
+    mask: Path
+    name: str  # file stem shared by image and mask, e.g. "aachen_000000_000019"
+    group: str = ""  # what must stay together in cross-validation (the city for Cityscapes)
+
+
+class SegmentationDataset(Dataset):
+    """Returns `(image, mask)`: with no transform, an HxWx3 uint8 RGB array and an HxW uint8 array
+    of class indices (`labels.ignore_index` where ignored); with a transform, whatever it returns.
+
+    Any problem with a file (unreadable, size mismatch, unknown label value) raises `DataError`
+    naming that file.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        labels: LabelSet,
+        transform: Optional[Transform] = None,
+        loader: Optional[DirectLoader] = None,
+    ):
+        self.samples = list(samples)
+        self.labels = labels
+        self.transform = transform
+        self.loader = loader or DirectLoader()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded image and class-index mask, before any transform."""
+        sample = self.samples[index]
+        image, raw_mask = self.loader.pair(sample.image, sample.mask)
+        return image, self.encode_mask(raw_mask, sample.mask)
+
+    def encode_mask(self, raw_mask: np.ndarray, path: Path) -> np.ndarray:
+        if raw_mask.ndim != 2:
+            raise ValueError(f"{path}: expected a single-channel label image, got {raw_mask.shape[2]} channels")
+        return self.labels.encode(raw_mask, source=str(path))
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        if self.transform is not None:
+            return self.transform(image, mask)
+        return image, mask

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny generated Cityscapes tree (session-wide, read-only) and fresh copies."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from urbanseg.data.synth import write_dataset
+
+TINY_SIZE = (64, 128)
+
+
+@pytest.fixture(scope="session")
+def cityscapes_root(tmp_path_factory) -> Path:
+    """A generated Cityscapes tree: 8 train (4 cities), 4 val, 2 test images at 64x128. Do not modify."""
+    root = tmp_path_factory.mktemp("cityscapes")
+    write_dataset(root, {"train": 8, "val": 4, "test": 2}, size=TINY_SIZE, seed=7)
+    return root
+
+
+@pytest.fixture
+def cityscapes_copy(cityscapes_root, tmp_path) -> Path:
+    """A private copy of the tiny tree that a test may damage."""
+    copy = tmp_path / "cityscapes"
+    shutil.copytree(cityscapes_root, copy)
+    return copy
