@@ -134,13 +134,14 @@ def _vehicle(canvas: Canvas, cam: Camera, label: str, x: float, z: float, width:
     corners = [p for (bx, bw, bz, bl, y1, y2) in boxes for p in _box(cam, x + bx, z + bz, bw, bl, y1, y2)]
     canvas.region(label, convex_hull(corners), colour, canvas.new_instance(label))
     near_side = x - width / 2 if x > 0 else x + width / 2
-    bx, bw, bz, bl, y1, y2 = boxes[0]
-    canvas.paint(cam.wall(near_side, z, z + length, 0.3, y2), np.asarray(colour) * 0.8)  # side
+    y2 = boxes[0][5]  # height of the main body
+    if abs(x) > width / 2:  # straight ahead, neither side shows
+        canvas.paint(cam.wall(near_side, z, z + length, 0.3, y2), np.asarray(colour) * 0.8)  # side
+        for dz in (length * 0.15, length * 0.85):  # wheels on the visible side
+            cx, cy = cam.project(near_side, 0.33, z + dz)
+            s = cam.scale(z + dz) * 0.33
+            canvas.paint(ellipse(cx, cy, s * 0.45, s, 10), (20, 20, 22))
     canvas.paint(cam.front(x - width / 2, x + width / 2, z, 0.3, y2), colour)  # back (or front)
-    for dz in (length * 0.15, length * 0.85):  # wheels on the visible side
-        cx, cy = cam.project(near_side, 0.33, z + dz)
-        s = cam.scale(z + dz) * 0.33
-        canvas.paint(ellipse(cx, cy, s * 0.45, s, 10), (20, 20, 22))
     canvas.paint(cam.front(x - width / 2, x + width / 2, z, 0.0, 0.3), (25, 25, 28))  # underbody and tyres
     lights = (235, 235, 200) if oncoming else (200, 20, 20)
     for lx in (x - width / 2 + 0.1, x + width / 2 - 0.35):
