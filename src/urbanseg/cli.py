@@ -42,6 +42,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config, resume_config
+    from .engine.train import train
+
+    if args.resume:
+        cfg, run_dir = resume_config(args.resume, args.overrides), Path(args.resume)
+    else:
+        if args.config is None:
+            raise ValueError("--config: a config file is needed (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+    result = train(cfg, run_dir, resume=bool(args.resume))
+    metrics = result["metrics"]
+    if metrics:
+        print(f"done at step {result['step']}: val mIoU {metrics['miou']:.4f}, pixel accuracy "
+              f"{metrics['pixel_accuracy']:.4f}; checkpoints in {Path(result['last']).parent}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -70,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=parse_size, help="HEIGHTxWIDTH to store in the cache (default: as is)")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("train", help="train a model from a YAML config with key.sub=value overrides")
+    p.add_argument("--config", type=Path, help="YAML recipe, e.g. configs/cityscapes/unet_resnet34_adam-1e-4_512x1024.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.max_epochs=3 optim.lr=1e-3")
+    p.add_argument("--run-dir", type=Path, help="output folder (default runs/<config name>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("demo", help="run the whole job on built-in procedural data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.set_defaults(func=cmd_demo)
@@ -83,6 +109,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as error:
         print(f"urbanseg: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if error.__class__.__name__ != "TrainingError":
+            raise
+        print(f"urbanseg: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Datasets, samplers and loaders built from a `DataConfig`."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..data import CamVid, Cityscapes, DecodedCache, DirectLoader, FolderDataset, SegmentationDataset
+from ..data.transforms import AugmentConfig, eval_transform, train_transform
+
+
+def _size(value, key: str) -> Optional[tuple]:
+    if value is None:
+        return None
+    if len(value) != 2 or min(value) <= 0:
+        raise ValueError(f"{key}: expected [height, width], got {value}")
+    return tuple(int(v) for v in value)
+
+
+def build_dataset(cfg, split: str, transform=None) -> SegmentationDataset:
+    """One split of the configured dataset (`data.dataset`: cityscapes, camvid or folder)."""
+    size = _size(cfg.load_size, "data.load_size")
+    loader = DecodedCache(cfg.cache, size) if cfg.cache else DirectLoader(size)
+    root = Path(cfg.root)
+    if cfg.dataset == "cityscapes":
+        return Cityscapes(root, split, classes=cfg.classes, transform=transform, loader=loader)
+    if cfg.dataset == "camvid":
+        return CamVid(root, split, transform=transform, loader=loader)
+    if cfg.dataset == "folder":
+        if not cfg.class_names:
+            raise ValueError("data.class_names: a folder dataset needs its class names")
+        return FolderDataset(root / split / "images", root / split / "masks", cfg.class_names, cfg.ignore_index,
+                             cfg.palette, transform=transform, loader=loader)
+    raise ValueError(f"data.dataset: expected cityscapes, camvid or folder, got '{cfg.dataset}'")
+
+
+def augment_config(cfg) -> AugmentConfig:
+    return AugmentConfig(
+        resize=_size(cfg.resize, "data.resize"), scale=tuple(cfg.scale), crop=_size(cfg.crop, "data.crop"),
+        hflip=cfg.hflip, rotate=cfg.rotate, color_jitter=cfg.color_jitter, blur=cfg.blur,
+    )
+
+
+def build_train_val(cfg) -> tuple[SegmentationDataset, SegmentationDataset]:
+    train = build_dataset(cfg, cfg.train_split)
+    train.transform = train_transform(augment_config(cfg), train.labels.ignore_index)
+    val = build_dataset(cfg, cfg.val_split, eval_transform(_size(cfg.val_resize, "data.val_resize")))
+    return train, val
+
+
+class ShardedSampler(Sampler[int]):
+    """Per-epoch shuffled indices split across ranks; resumable mid-epoch.
+
+    Training (`shuffle=True, pad=True`): like DistributedSampler, every rank gets the same number
+    of indices, padding by repeating the first ones. Evaluation (`pad=False`): each sample goes to
+    exactly one rank (`indices[rank::world_size]`), so no sample is counted twice.
+    `start` skips that many indices of this rank's share (to resume inside an epoch).
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 pad: bool = True, seed: int = 0):
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.shuffle, self.pad, self.seed = shuffle, pad, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            indices = list(range(self.size))
+        if self.pad:
+            total = math.ceil(self.size / self.world_size) * self.world_size
+            indices += (indices * math.ceil(total / max(len(indices), 1)))[: total - len(indices)]
+        return indices[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard()[self.start :])
+
+    def __len__(self) -> int:
+        return len(self._shard()) - self.start
+
+
+def make_loader(dataset, sampler: Sampler, batch_size: int, workers: int, drop_last: bool,
+                pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+def label_statistics(dataset: SegmentationDataset) -> tuple:
+    """Per class: labelled pixels, and total pixels of the images that contain the class."""
+    import numpy as np
+
+    n = dataset.labels.num_classes
+    pixel_counts, image_pixels = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for index in range(len(dataset)):
+        _, mask = dataset.load(index)
+        counts = np.bincount(np.asarray(mask).ravel(), minlength=256)[:n]
+        pixel_counts += counts
+        image_pixels[counts > 0] += mask.size
+    return pixel_counts, image_pixels

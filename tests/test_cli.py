@@ -1,0 +1,37 @@
+import subprocess
+import sys
+
+import pytest
+
+from urbanseg.cli import main
+from urbanseg.demo import run_demo
+
+
+def test_synth_then_prepare_from_the_command_line(tmp_path, capsys):
+    assert main(["synth", str(tmp_path), "--train", "3", "--val", "2", "--size", "48x96", "--seed", "1"]) == 0
+    assert "wrote 5 scenes (train 3, val 2) at 48x96" in capsys.readouterr().out
+    assert len(list(tmp_path.rglob("*_leftImg8bit.png"))) == 5
+    assert main(["prepare", "cityscapes", "--root", str(tmp_path)]) == 0
+
+
+def test_bad_arguments_fail_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(tmp_path), "--size", "256by512"])
+    assert exit_info.value.code == 2
+    assert "expected HEIGHTxWIDTH such as 256x512, got '256by512'" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path), "--size", "16x16"]) == 2
+    assert capsys.readouterr().err.strip() == "urbanseg: error: size: expected at least 32x32, got 16x16"
+
+
+def test_console_script_is_installed(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "urbanseg.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "synth" in result.stdout and "prepare" in result.stdout
+
+
+def test_demo_writes_its_outputs(tmp_path, capsys):
+    assert run_demo(tmp_path, train=4, val=2, size=(64, 128)) == 0
+    out = capsys.readouterr().out
+    assert "no problems found" in out and "class shares of the training split" in out
+    from urbanseg.data.io import read_image
+
+    assert read_image(tmp_path / "preview.png").shape == (4 * 64, 2 * 128, 3)
