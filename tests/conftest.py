@@ -13,9 +13,9 @@ TINY_SIZE = (64, 128)
 
 @pytest.fixture(scope="session")
 def cityscapes_root(tmp_path_factory) -> Path:
-    """A generated Cityscapes tree: 8 train (4 cities), 4 val, 2 test images at 64x128. Do not modify."""
+    """A generated Cityscapes tree: 8 train (4 cities), 5 val (odd on purpose), 2 test images at 64x128. Do not modify."""
     root = tmp_path_factory.mktemp("cityscapes")
-    write_dataset(root, {"train": 8, "val": 4, "test": 2}, size=TINY_SIZE, seed=7)
+    write_dataset(root, {"train": 8, "val": 5, "test": 2}, size=TINY_SIZE, seed=7)
     return root
 
 

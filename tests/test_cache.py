@@ -30,7 +30,7 @@ def test_cache_is_reused_without_decoding(cityscapes_root, tmp_path, monkeypatch
 
     monkeypatch.setattr(cache_module, "read_image", fail)
     monkeypatch.setattr(cache_module, "read_mask", fail)
-    second = [Cityscapes(cityscapes_root, "val", loader=DecodedCache(tmp_path, (32, 64)))[i] for i in range(4)]
+    second = [Cityscapes(cityscapes_root, "val", loader=DecodedCache(tmp_path, (32, 64)))[i] for i in range(5)]
     for (a, b), (c, d) in zip(first, second):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)

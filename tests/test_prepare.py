@@ -15,7 +15,7 @@ def test_generated_tree_is_reported_clean(cityscapes_root, capsys):
     out = capsys.readouterr().out
     assert "no problems found" in out
     assert re.search(r"train\s+\(all 4 cities\)\s+8\n", out)
-    assert re.search(r"val\s+frankfurt\s+2\n", out)
+    assert re.search(r"val\s+frankfurt\s+3\n", out)
 
 
 def test_write_train_ids_matches_the_official_script(cityscapes_copy, tmp_path, monkeypatch):
@@ -25,9 +25,9 @@ def test_write_train_ids_matches_the_official_script(cityscapes_copy, tmp_path, 
     createTrainIdLabelImgs.main()
 
     report = check_cityscapes(cityscapes_copy, write_train_ids=True, progress=False)
-    assert report.ok and report.train_ids_written == 14
+    assert report.ok and report.train_ids_written == 15
     theirs = sorted(official_root.rglob("*_gtFine_labelTrainIds.png"))
-    assert len(theirs) == 14
+    assert len(theirs) == 15
     for official_file in theirs:
         ours = cityscapes_copy / official_file.relative_to(official_root)
         np.testing.assert_array_equal(read_mask(ours), read_mask(official_file))
@@ -66,4 +66,4 @@ def test_not_a_cityscapes_root(tmp_path, capsys):
 def test_prepare_fills_the_cache(cityscapes_root, tmp_path):
     report = check_cityscapes(cityscapes_root, cache_dir=tmp_path / "cache", cache_size=(32, 64), progress=False)
     assert report.ok
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2 * 14
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 2 * 15

@@ -72,7 +72,7 @@ def test_scenes_have_road_sky_and_an_ego_hood_at_the_bottom():
 
 def test_dataset_reads_what_synth_wrote(cityscapes_root):
     dataset = Cityscapes(cityscapes_root, "val")
-    assert len(dataset) == 4 and dataset.labels.num_classes == 19
+    assert len(dataset) == 5 and dataset.labels.num_classes == 19
     image, mask = dataset[0]
     assert image.shape == (64, 128, 3) and image.dtype == np.uint8
     assert mask.shape == (64, 128) and set(np.unique(mask)) <= set(range(19)) | {255}

@@ -54,8 +54,12 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"{path}: expected a single-channel label image, got {raw_mask.shape[2]} channels")
         return self.labels.encode(raw_mask, source=str(path))
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """`dataset[i]`, or `dataset[(i, seed)]` to draw the random augmentation from `seed`: the
+        training sampler passes seeds derived from (run seed, epoch, index), which makes the
+        augmentation of every sample reproducible whatever the number of workers, and on resume."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        if self.transform is None:
+            return image, mask
+        return self.transform(image, mask, seed) if seed is not None else self.transform(image, mask)

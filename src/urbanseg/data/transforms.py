@@ -37,7 +37,9 @@ class PairTransform:
     def __init__(self, steps: list):
         self.pipeline = A.Compose(steps)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if seed is not None:
+            self.pipeline.set_random_seed(seed)
         out = self.pipeline(image=np.asarray(image), mask=np.asarray(mask))
         image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
         return image, torch.from_numpy(out["mask"].astype(np.int64))

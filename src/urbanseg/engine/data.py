@@ -58,12 +58,14 @@ class ShardedSampler(Sampler[int]):
     of indices, padding by repeating the first ones. Evaluation (`pad=False`): each sample goes to
     exactly one rank (`indices[rank::world_size]`), so no sample is counted twice.
     `start` skips that many indices of this rank's share (to resume inside an epoch).
+    With `seeded`, it yields `(index, seed)` pairs so the dataset draws each sample's augmentation
+    from a seed fixed by (run seed, epoch, index).
     """
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 pad: bool = True, seed: int = 0):
+                 pad: bool = True, seed: int = 0, seeded: bool = False):
         self.size, self.rank, self.world_size = size, rank, world_size
-        self.shuffle, self.pad, self.seed = shuffle, pad, seed
+        self.shuffle, self.pad, self.seed, self.seeded = shuffle, pad, seed, seeded
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -80,8 +82,12 @@ class ShardedSampler(Sampler[int]):
             indices += (indices * math.ceil(total / max(len(indices), 1)))[: total - len(indices)]
         return indices[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._shard()[self.start :])
+    def __iter__(self) -> Iterator:
+        indices = self._shard()[self.start :]
+        if not self.seeded:
+            return iter(indices)
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
+        return iter((i, (base + i) % 2**32) for i in indices)
 
     def __len__(self) -> int:
         return len(self._shard()) - self.start

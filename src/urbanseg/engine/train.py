@@ -28,7 +28,9 @@ from ..optim import build_optimizer
 from ..schedules import LRSchedule
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import ShardedSampler, build_train_val, label_statistics, make_loader
-from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown_distributed
+from .distributed import (
+    DistInfo, barrier, broadcast_buffers, broadcast_object, init_distributed, shutdown_distributed,
+)
 from .evaluate import validate
 from .precision import pick_device, pick_precision
 from .run_log import RunLog
@@ -121,7 +123,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     labels = train_set.labels
     if tcfg.accumulate < 1:
         raise ValueError(f"trainer.accumulate: expected at least 1, got {tcfg.accumulate}")
-    train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, shuffle=True, seed=tcfg.seed)
+    train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, shuffle=True, seed=tcfg.seed,
+                                   seeded=True)
     val_sampler = ShardedSampler(len(val_set), dist.rank, dist.world_size, shuffle=False, pad=False)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, train_sampler, cfg.data.batch_size, cfg.data.workers, True, pin)
@@ -188,6 +191,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
 
     def evaluate_and_save() -> dict:
         eval_model = ema.module if ema is not None else model
+        if dist.enabled:
+            broadcast_buffers(eval_model)
         metrics = validate(eval_model, val_loader, criterion, labels, device, precision, tcfg.eval_batches)
         progress.last_eval_step = progress.step
         value = metrics[monitor_key]
@@ -199,6 +204,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
         schedule.observe(value, higher_is_better)
         if log is not None:
             log.log("val", progress.step, progress.epoch, metrics)
+            (run_dir / "val_metrics.json").write_text(json.dumps({"step": progress.step, **metrics}, indent=1))
             tqdm.write(f"step {progress.step}: val loss {metrics['loss']:.4f}  mIoU {metrics['miou']:.4f}"
                        f"  pixel acc {metrics['pixel_accuracy']:.4f}" + ("  (best)" if improved else ""))
         if improved:

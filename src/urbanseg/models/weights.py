@@ -23,7 +23,8 @@ def load_local_weights(module: nn.Module, path: str, key: str) -> None:
             raise ValueError(f"{key}: {path} is not a loadable weights file ({error.__class__.__name__})") from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-    _, unexpected = module.load_state_dict(state, strict=False)
-    loaded = len(state) - len(unexpected)
-    if loaded == 0:
+    own = module.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not matching:
         raise ValueError(f"{key}: no tensor in {path} matches the encoder's parameters")
+    module.load_state_dict(matching, strict=False)

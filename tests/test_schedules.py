@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from urbanseg.config import OptimConfig, ScheduleConfig
+from urbanseg.optim import build_optimizer, parameter_groups
+from urbanseg.schedules import LRSchedule
+
+
+def lr_at(steps, total=100, base=0.1, per_epoch=1, **kw):
+    schedule = LRSchedule(ScheduleConfig(**kw), base, total, per_epoch)
+    return [schedule.lr(s) for s in steps]
+
+
+def test_poly_and_cosine_with_linear_warmup():
+    assert lr_at([0, 4, 9], name="poly", warmup=10) == pytest.approx([0.01, 0.05, 0.1])
+    # after warmup: base * (1 - t/T)^0.9 with t = step - warmup, T = total - warmup
+    assert lr_at([10, 55, 100], name="poly", warmup=10) == pytest.approx([0.1, 0.1 * 0.5**0.9, 0.0])
+    assert lr_at([0, 50, 100], name="cosine", min_lr=0.001) == pytest.approx(
+        [0.1, 0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi / 2)), 0.001])
+
+
+def test_step_multistep_in_epochs():
+    # StepLR(20 epochs, 0.1) with 5 steps per epoch: drops at steps 100 and 200
+    assert lr_at([99, 100, 200], total=300, per_epoch=5, name="step", unit="epoch", step_size=20) == pytest.approx(
+        [0.1, 0.01, 0.001])
+    assert lr_at([29, 30, 80], name="multistep", milestones=[30, 80], gamma=0.5) == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_quadratic_warmup_then_inverse_sqrt_with_floor():
+    kw = dict(name="inverse_sqrt", warmup=100, warmup_shape="quadratic", min_lr=0.005)
+    assert lr_at([0, 49, 99], total=10_000, **kw) == pytest.approx([0.1 * 0.01**2, 0.1 * 0.25, 0.1])
+    assert lr_at([399, 9999], total=10_000, **kw) == pytest.approx([0.1 * math.sqrt(100 / 400), 0.01])
+    assert lr_at([10**6], total=10**7, **kw) == pytest.approx([0.005])  # the floor
+
+
+def test_plateau_drops_after_patience():
+    schedule = LRSchedule(ScheduleConfig(name="plateau", patience=1, gamma=0.5), 0.1, 100)
+    for value in (0.5, 0.6, 0.6, 0.55):  # best 0.6, then two evaluations without improvement
+        schedule.observe(value, higher_is_better=True)
+    assert schedule.lr(50) == pytest.approx(0.05)
+    restored = LRSchedule(ScheduleConfig(name="plateau", patience=1, gamma=0.5), 0.1, 100)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.lr(50) == pytest.approx(0.05)
+
+
+def test_schedule_errors_name_the_key():
+    with pytest.raises(ValueError, match="schedule.name: unknown schedule 'exp'"):
+        LRSchedule(ScheduleConfig(name="exp"), 0.1, 10)
+    with pytest.raises(ValueError, match="schedule.warmup_shape"):
+        LRSchedule(ScheduleConfig(warmup_shape="cubic"), 0.1, 10)
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1, bias=False))
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
+    assert no_decay["weight_decay"] == 0.0
+    sgd = build_optimizer(OptimConfig(name="sgd", lr=0.2, momentum=0.9, nesterov=True), model)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
+    assert isinstance(build_optimizer(OptimConfig(name="adam"), model), torch.optim.Adam)
+    with pytest.raises(ValueError, match="optim.name: unknown optimizer 'lamb'"):
+        build_optimizer(OptimConfig(name="lamb"), model)
