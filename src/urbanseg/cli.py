@@ -49,10 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         cfg, run_dir = resume_config(args.resume, args.overrides), Path(args.resume)
     else:
-        if args.config is None:
-            raise ValueError("--config: a config file is needed (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides)
-        run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+        cfg = load_config(args.config, args.overrides)  # no --config: the defaults plus overrides
+        run_dir = args.run_dir or Path("runs") / (args.config.stem if args.config else "default")
     result = train(cfg, run_dir, resume=bool(args.resume))
     metrics = result["metrics"]
     if metrics:

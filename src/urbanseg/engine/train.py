@@ -139,6 +139,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     total_steps = tcfg.max_steps if tcfg.max_steps is not None else tcfg.max_epochs * steps_per_epoch
 
     model = build_model(cfg, labels.num_classes).to(device)
+    if tcfg.sync_batchnorm and device.type != "cuda":
+        raise ValueError("trainer.sync_batchnorm: SyncBatchNorm runs on CUDA devices only; set it to false on CPU")
     if tcfg.sync_batchnorm and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if precision.channels_last:

@@ -1,0 +1,70 @@
+"""Training images/s of one optimizer step, fp32 vs. bf16 autocast + channels-last, on CPU or GPU.
+
+    python benchmarks/train_speed.py [--models unet_scratch unet] [--size 256x512] [--batch 4] [--steps 6]
+
+Random inputs and labels (19 classes); the first two steps are warm-up and not timed. `unet` is
+U-Net with a ResNet-34 encoder (random init). Measures, asserts nothing; compare numbers from
+one run only (this machine drifts 10-20% within an hour).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from urbanseg.engine.precision import cpu_has_native_bf16, pick_device, pick_precision
+from urbanseg.losses import CrossEntropy
+from urbanseg.models import create_model
+
+KWARGS = {"unet": {"encoder": "resnet34"}, "unet_scratch": {"base_channels": 64}}
+
+
+def images_per_second(name: str, precision_name: str, size, batch: int, steps: int) -> float:
+    device = pick_device("auto")
+    precision = pick_precision(precision_name, device)
+    torch.manual_seed(0)
+    model = create_model(name, 19, **KWARGS.get(name, {})).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion = CrossEntropy()
+    images = torch.randn(batch, 3, *size, device=device)
+    if precision.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 19, (batch, *size), device=device)
+    for step in range(steps + 2):
+        if step == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with precision.autocast():
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["unet_scratch", "unet"])
+    parser.add_argument("--size", default="256x512")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    print(f"device {pick_device('auto')}, native bf16 on this CPU: {cpu_has_native_bf16()}, "
+          f"threads {torch.get_num_threads()}, batch {args.batch} at {args.size}")
+    print(f"{'model':<16}{'fp32 img/s':>12}{'bf16+CL img/s':>15}{'speed-up':>10}")
+    for name in args.models:
+        fp32 = images_per_second(name, "fp32", size, args.batch, args.steps)
+        bf16 = images_per_second(name, "bf16", size, args.batch, args.steps)
+        print(f"{name:<16}{fp32:>12.2f}{bf16:>15.2f}{bf16 / fp32:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Tiny training configs for engine tests (CPU, 64x128 generated scenes, a 4-channel U-Net)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from urbanseg.config import load_config
+
+
+def tiny_overrides(root, *extra: str) -> list[str]:
+    return [
+        f"data.root={root}", "data.crop=[64, 128]", "data.scale=[1.0, 1.0]", "data.batch_size=4",
+        "data.val_batch_size=2", "data.workers=0", "data.color_jitter=0.0",
+        "model.name=unet_scratch", "model.options={base_channels: 4}",
+        "optim.name=adamw", "optim.lr=0.01", "schedule.name=constant",
+        "trainer.precision=fp32", "trainer.log_every=1", "trainer.max_epochs=null", *extra,
+    ]
+
+
+def tiny_config(root, *extra: str):
+    return load_config(None, tiny_overrides(root, *extra))
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "urbanseg", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kwargs)

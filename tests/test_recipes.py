@@ -1,0 +1,32 @@
+"""Every recipe under configs/ loads as is and builds its model and optimizer."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from urbanseg.config import load_config
+from urbanseg.data.labels import cityscapes_label_set
+from urbanseg.engine.train import build_model
+from urbanseg.optim import build_optimizer
+from urbanseg.schedules import LRSchedule
+
+RECIPES = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_there_are_recipes_for_every_seed_system():
+    names = {p.name.split("_")[0] for p in RECIPES}
+    assert {"unet-scratch", "unet", "fcn", "danet", "deeplabv3plus"} <= names
+    assert any(p.stem.endswith("_cpu") for p in RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_builds(recipe):
+    cfg = load_config(recipe, ["model.encoder_weights=null"])  # no downloads here
+    num_classes = cityscapes_label_set(cfg.data.classes).num_classes
+    model = build_model(cfg, num_classes)
+    optimizer = build_optimizer(cfg.optim, model)
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, total_steps=1000, steps_per_epoch=10)
+    assert 0 <= schedule.lr(0) <= cfg.optim.lr and optimizer.param_groups
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 128)).shape == (1, num_classes, 64, 128)
