@@ -25,3 +25,15 @@ def cityscapes_copy(cityscapes_root, tmp_path) -> Path:
     copy = tmp_path / "cityscapes"
     shutil.copytree(cityscapes_root, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(cityscapes_root, tmp_path_factory) -> Path:
+    """best.pt of a 4-channel U-Net trained for 6 steps on the tiny tree (crop = the full 64x128)."""
+    from engine_helpers import tiny_config
+
+    from urbanseg.engine.train import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(tiny_config(cityscapes_root, "trainer.max_steps=6", "trainer.eval_every=6", "trainer.sample_images=1"), run)
+    return run / "checkpoints" / "best.pt"

@@ -59,6 +59,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_scales(text: str) -> list[float]:
+    try:
+        scales = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.75,1,1.25, got '{text}'") from None
+    if not scales or min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive scales, got '{text}'")
+    return scales
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import format_table, run_evaluation
+
+    metrics, out = run_evaluation(args.data_root, args.split, args.checkpoint, args.predictions, args.dataset,
+                                  args.mode, args.scales, args.tta == "flip", args.out, args.device)
+    print(format_table(metrics))
+    print(f"metrics, confusion matrix and per-class IoU written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import load
+    from .predict import expand_inputs, parse_formats, predict_files
+
+    formats = parse_formats(args.format)
+    predictor = load(args.checkpoint, device=args.device)
+    inputs = expand_inputs(args.inputs)
+    written, problems = predict_files(predictor, inputs, args.out, formats, args.opacity, args.mode, args.scales,
+                                      args.tta == "flip")
+    for problem in problems:
+        print(f"urbanseg: skipped {problem}", file=sys.stderr)
+    print(f"wrote {len(written)} files for {len(inputs) - len(problems)} of {len(inputs)} images to {args.out}")
+    return 1 if problems else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .report import write_run_figures
+
+    for path in write_run_figures(args.run_dir):
+        print(path)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -93,6 +136,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="output folder (default runs/<config name>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="official Cityscapes-style metrics at full label resolution")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint to evaluate (or use --predictions)")
+    p.add_argument("--data-root", type=Path, required=True, help="dataset root, e.g. a Cityscapes folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--dataset", choices=["cityscapes", "camvid", "folder"], help="default: the checkpoint's")
+    p.add_argument("--predictions", type=Path, help="score labelIds PNGs from any tool instead of a checkpoint")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--tta", choices=["none", "flip"], default="none")
+    p.add_argument("--scales", type=parse_scales, default=[1.0], help="e.g. 0.75,1.0,1.25")
+    p.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment images, folders or glob patterns")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files, folders or patterns such as 'photos/*.jpg'")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--format", default="color,overlay", help="any of color,overlay,labelids,trainids,probs,entropy")
+    p.add_argument("--opacity", type=float, default=0.5)
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--tta", choices=["none", "flip"], default="none")
+    p.add_argument("--scales", type=parse_scales, default=[1.0])
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plot", help="(re)draw a run's training curves, figures and HTML report")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="run the whole job on built-in procedural data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

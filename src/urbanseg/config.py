@@ -109,6 +109,7 @@ class TrainerConfig:
     deterministic: bool = False
     sync_batchnorm: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    sample_images: int = 3  # validation images drawn as image | truth | prediction | errors at each evaluation
 
 
 @dataclass

@@ -40,3 +40,27 @@ def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, labels,
     result["loss"] = float(loss_sum[0] / loss_sum[1].clamp(min=1))
     result["images"] = int(loss_sum[1])
     return result
+
+
+@torch.no_grad()
+def save_sample_grid(model: nn.Module, dataset, count: int, device: torch.device, precision: Precision,
+                     path, title: str = "") -> None:
+    """Image | ground truth | prediction | error map for the first `count` validation samples."""
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..visualize import sample_grid
+
+    was_training = model.training
+    model.eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rows = []
+    for index in range(min(count, len(dataset))):
+        image, mask = dataset[index]
+        x = image[None].to(device)
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            pred = model(x).float().argmax(dim=1)[0].cpu().numpy().astype("uint8")
+        shown = ((image * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        rows.append((shown, mask.numpy().astype("uint8"), pred))
+    model.train(was_training)
+    sample_grid(rows, dataset.labels, path, title)

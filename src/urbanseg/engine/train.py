@@ -23,15 +23,17 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..losses import build_loss, class_weights_from_counts
+from ..metrics import json_safe
 from ..models import create_model
 from ..optim import build_optimizer
+from ..report import write_run_figures
 from ..schedules import LRSchedule
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import ShardedSampler, build_train_val, label_statistics, make_loader
 from .distributed import (
     DistInfo, barrier, broadcast_buffers, broadcast_object, init_distributed, shutdown_distributed,
 )
-from .evaluate import validate
+from .evaluate import save_sample_grid, validate
 from .precision import pick_device, pick_precision
 from .run_log import RunLog
 
@@ -206,7 +208,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
         schedule.observe(value, higher_is_better)
         if log is not None:
             log.log("val", progress.step, progress.epoch, metrics)
-            (run_dir / "val_metrics.json").write_text(json.dumps({"step": progress.step, **metrics}, indent=1))
+            (run_dir / "val_metrics.json").write_text(json.dumps(json_safe({"step": progress.step, **metrics}), indent=1))
+            save_sample_grid(eval_model, val_set, tcfg.sample_images, device, precision,
+                             run_dir / "samples" / f"step_{progress.step:07d}.png", f"step {progress.step}")
             tqdm.write(f"step {progress.step}: val loss {metrics['loss']:.4f}  mIoU {metrics['miou']:.4f}"
                        f"  pixel acc {metrics['pixel_accuracy']:.4f}" + ("  (best)" if improved else ""))
         if improved:
@@ -279,6 +283,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
         metrics = evaluate_and_save()
     if log is not None:
         log.close()
+        write_run_figures(run_dir)
     barrier()
     return {"metrics": metrics, "step": progress.step, "epoch": progress.epoch, "run_dir": str(run_dir),
             "best": str(ckpt_dir / "best.pt"), "last": str(ckpt_dir / "last.pt")}

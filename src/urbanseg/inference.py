@@ -1,0 +1,156 @@
+"""Predictor: a trained model plus the exact preprocessing it was validated with.
+
+    predictor = urbanseg.load("runs/demo/checkpoints/best.pt")
+    labels = predictor.predict("street.png")            # HxW uint8 class indices
+    probs = predictor.predict_proba(image_array)         # CxHxW float32, sums to 1 per pixel
+
+Whole-image or sliding-window inference (window = the training crop, overlapping by a third),
+optionally averaged over horizontal flips and several scales; probabilities always come back at
+the input image's own resolution. Checkpoints are read with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import from_dict
+from .data.io import read_image
+from .data.labels import LabelSet
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .engine.checkpoint import load_checkpoint
+from .engine.precision import pick_device, pick_precision
+from .models import create_model
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+
+
+def label_set_from_checkpoint(info: dict) -> LabelSet:
+    """Rebuild the LabelSet a checkpoint was trained with (names, palette, ignore index)."""
+    n = len(info["class_names"])
+    raw_to_train = np.full(256, info["ignore_index"], np.uint8)
+    raw_to_train[:n] = np.arange(n)
+    known = np.zeros(256, bool)
+    known[:n] = True
+    train_to_raw = info.get("train_to_raw")
+    return LabelSet(
+        name=info["name"], class_names=tuple(info["class_names"]), palette=np.array(info["palette"], np.uint8),
+        raw_to_train=raw_to_train, known_raw=known, ignore_index=info["ignore_index"],
+        categories=tuple(info.get("categories") or ()),
+        train_to_raw=np.array(train_to_raw, np.uint8) if train_to_raw is not None else None,
+    )
+
+
+class Predictor:
+    def __init__(self, model: torch.nn.Module, labels: LabelSet, base_size: Optional[Sequence[int]] = None,
+                 window: Optional[Sequence[int]] = None, device: str = "auto", precision: str = "auto"):
+        self.device = pick_device(device)
+        self.precision = pick_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        if self.precision.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.labels = labels
+        self.base_size = tuple(base_size) if base_size else None  # (h, w) the model saw in validation
+        self.window = tuple(window) if window else None  # (h, w) sliding-window size
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> "Predictor":
+        state = load_checkpoint(path)
+        cfg = from_dict(state["config"])
+        labels = label_set_from_checkpoint(state["labels"])
+        model = create_model(cfg.model.name, labels.num_classes, encoder=cfg.model.encoder, encoder_weights=None,
+                             **cfg.model.options)
+        weights = state["model"]
+        if state.get("ema"):  # evaluate what validation evaluated: the EMA weights when there are some
+            weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(weights)
+        return cls(model, labels, cfg.data.val_resize, cfg.data.crop, device, precision)
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, image: ImageInput, **options) -> np.ndarray:
+        """HxW uint8 class indices (see `predict_proba` for the options)."""
+        return self.predict_proba(image, **options).argmax(axis=0).astype(np.uint8)
+
+    @torch.no_grad()
+    def predict_proba(self, image: ImageInput, mode: str = "whole", scales: Sequence[float] = (1.0,),
+                      flip: bool = False) -> np.ndarray:
+        """CxHxW class probabilities at the image's resolution.
+
+        mode: "whole" (one forward pass per scale) or "slide" (overlapping windows of the
+        training crop size); scales: relative to the validation size the model was trained for;
+        flip: also predict the mirrored image. Probabilities of all passes are averaged.
+        """
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode: expected 'whole' or 'slide', got '{mode}'")
+        array = as_rgb_array(image)
+        height, width = array.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(2, 0, 1)[None].float()
+        x = (x - self._mean) / self._std
+        base = self.base_size or (height, width)
+        total = torch.zeros(1, self.labels.num_classes, height, width, device=self.device)
+        passes = 0
+        for scale in scales:
+            size = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))
+            scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (height, width) else x
+            for flipped in ((False, True) if flip else (False,)):
+                inp = scaled.flip(-1) if flipped else scaled
+                logits = self._slide(inp) if mode == "slide" else self._forward(inp)
+                if flipped:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (height, width):
+                    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                total += logits.softmax(dim=1)
+                passes += 1
+        return (total / passes)[0].cpu().numpy()
+
+    # ------------------------------------------------------------------ internals
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            return self.model(x).float()
+
+    def _slide(self, x: torch.Tensor, overlap: float = 1 / 3) -> torch.Tensor:
+        """Logits averaged over overlapping windows; an image that fits one window is one pass."""
+        height, width = x.shape[-2:]
+        win_h, win_w = self.window or (height, width)
+        win_h, win_w = min(win_h, height), min(win_w, width)
+        stride_h, stride_w = max(1, math.ceil(win_h * (1 - overlap))), max(1, math.ceil(win_w * (1 - overlap)))
+        rows = max(math.ceil((height - win_h) / stride_h), 0) + 1
+        cols = max(math.ceil((width - win_w) / stride_w), 0) + 1
+        logits = torch.zeros(1, self.labels.num_classes, height, width, device=x.device)
+        counts = torch.zeros(1, 1, height, width, device=x.device)
+        for r in range(rows):
+            for c in range(cols):
+                top, left = min(r * stride_h, height - win_h), min(c * stride_w, width - win_w)
+                logits[..., top:top + win_h, left:left + win_w] += self._forward(x[..., top:top + win_h, left:left + win_w])
+                counts[..., top:top + win_h, left:left + win_w] += 1
+        return logits / counts
+
+
+def as_rgb_array(image: ImageInput) -> np.ndarray:
+    """HxWx3 uint8 RGB from a path, a PIL image or an array."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"image: expected HxWx3 RGB, got an array of shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"image: expected uint8 values, got {array.dtype}")
+    return array[..., :3]
+
+
+def load(path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> Predictor:
+    """The Predictor of a checkpoint: `urbanseg.load("best.ckpt").predict(image)`."""
+    return Predictor.from_checkpoint(path, device, precision)
