@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 from urbanseg.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_overrides(root, *extra: str) -> list[str]:
@@ -24,5 +28,6 @@ def tiny_config(root, *extra: str):
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    kwargs.setdefault("cwd", REPO)  # README commands name recipes relative to the checkout
     return subprocess.run([sys.executable, "-m", "urbanseg", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)

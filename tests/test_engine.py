@@ -181,3 +181,12 @@ def test_torchrun_two_processes_count_every_validation_image_once(cityscapes_roo
                       pick_precision("fp32", torch.device("cpu")))
     assert single["images"] == 5
     assert single["confusion_matrix"] == distributed["confusion_matrix"]
+
+
+def test_time_budget_shortens_the_run_and_still_anneals(cityscapes_root, tmp_path):
+    cfg = tiny_config(cityscapes_root, "trainer.max_steps=100000", "trainer.max_minutes=0.05", "schedule.name=poly",
+                      "trainer.eval_every=1000000")
+    result = train(cfg, tmp_path / "run")
+    assert 25 <= result["step"] < 100000
+    last_lr = float(_rows(tmp_path / "run", "train")[-1]["lr"])
+    assert last_lr < 0.1 * 0.01  # poly decayed to (almost) zero at the fitted end

@@ -35,6 +35,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import check_cityscapes
 
+    if args.cache_size and not args.cache:
+        raise ValueError("--cache-size: only meaningful with --cache DIR")
     report = check_cityscapes(
         args.root, write_train_ids=args.write_train_ids, cache_dir=args.cache, cache_size=args.cache_size
     )
@@ -105,7 +107,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out))
+    run_demo(Path(args.out), args.minutes)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole job on built-in procedural data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--minutes", type=float, help="training time budget (default: the recipe's, 4.5)")
     p.set_defaults(func=cmd_demo)
     return parser
 

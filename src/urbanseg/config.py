@@ -93,6 +93,7 @@ class ScheduleConfig:
 class TrainerConfig:
     max_epochs: Optional[int] = 10
     max_steps: Optional[int] = None  # when set, training is iteration-based and max_epochs is ignored
+    max_minutes: Optional[float] = None  # wall-time budget for training steps; the schedule is fitted to it
     eval_every: Optional[int] = None  # optimizer steps between evaluations; None: every epoch
     eval_batches: Optional[int] = None  # limit validation to this many batches
     save_every: Optional[int] = None  # optimizer steps between last.pt saves; None: at each evaluation

@@ -1,53 +1,90 @@
-"""`urbanseg demo`: the pipeline end to end on procedural data, with no download.
+"""`urbanseg demo`: the whole job on procedural data, with no download and no data from the user.
 
-So far the pipeline covers data: generate a Cityscapes-layout dataset, check it as a user's
-Cityscapes copy would be checked, read it back through the dataset class and the training
-augmentation, and write a preview sheet with the class shares of the training split.
+generate a Cityscapes-layout dataset -> check it -> train the CPU recipe -> evaluate on the
+validation split at full label resolution -> predict a few images (colour, overlay, entropy)
+-> HTML report -> a short summary of where everything is.
 """
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
+from typing import Optional, Sequence
 
-import numpy as np
-
-from .data.cityscapes import Cityscapes
-from .data.io import write_png
+from .config import load_config
 from .data.prepare import check_cityscapes
 from .data.synth import write_dataset
-from .data.transforms import AugmentConfig, train_transform
+
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "unet_resnet18_adamw_128x256_cpu.yaml"
+MARKER = ".urbanseg-demo"
 
 
-def run_demo(out: Path, train: int = 40, val: int = 10, size: tuple[int, int] = (256, 512)) -> int:
-    data_root = out / "data"
+def _fresh_output(out: Path) -> None:
+    """Reuse `out` only if it is empty or an earlier demo's folder, so nothing else is overwritten."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ValueError(f"{out}: exists and is not a demo folder; choose another --out")
+    for part in ("data", "run", "predictions"):
+        shutil.rmtree(out / part, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by urbanseg demo; the demo may replace this folder's contents\n")
+
+
+def run_demo(out: Path, minutes: Optional[float] = None, train: int = 800, val: int = 50,
+             size: tuple[int, int] = (128, 256), overrides: Sequence[str] = (), progress: bool = True) -> dict:
+    """Run the demo into `out`; returns the evaluation metrics and the paths written."""
+    from .evaluation import run_evaluation
+    from .inference import load
+    from .predict import predict_files
+    from .report import write_run_figures
+    from .engine.train import train as train_model
+
+    started = time.perf_counter()
+    if not RECIPE.exists():
+        raise FileNotFoundError(f"{RECIPE}: the demo recipe is missing (run the demo from a source checkout)")
+    out = Path(out)
+    _fresh_output(out)
+    data_root, run_dir = out / "data", out / "run"
     write_dataset(data_root, {"train": train, "val": val}, size=size, seed=0, workers=2)
-    print(f"generated {train} training and {val} validation scenes at {size[0]}x{size[1]} in {data_root}")
-
     report = check_cityscapes(data_root, progress=False)
-    print(report.format())
     if not report.ok:
-        return 1
+        raise ValueError(f"{data_root}: the generated data did not pass the checks:\n{report.format()}")
+    print(f"[1/5] generated {train} training and {val} validation scenes at {size[0]}x{size[1]} in {data_root}")
 
-    dataset = Cityscapes(data_root, "train")
-    labels = dataset.labels
-    counts = np.zeros(256, np.int64)
-    rows = []
-    for index in range(len(dataset)):
-        image, mask = dataset[index]
-        counts += np.bincount(mask.ravel(), minlength=256)
-        if index < 4:
-            rows.append(np.concatenate([image, labels.colorize(mask)], axis=1))
-    sheet = out / "preview.png"
-    write_png(sheet, np.concatenate(rows, axis=0))
+    budget = [f"trainer.max_minutes={minutes}"] if minutes is not None else []
+    cfg = load_config(RECIPE, [f"data.root={data_root}", *budget, *overrides])
+    print(f"[2/5] training {cfg.model.name}/{cfg.model.encoder or 'scratch'} ({RECIPE.name})")
+    train_model(cfg, run_dir)
 
-    augment = train_transform(AugmentConfig(crop=(size[0] // 2, size[1] // 2)), labels.ignore_index)
-    image_tensor, mask_tensor = augment(*dataset.load(0))
-    print(f"augmented sample: image {tuple(image_tensor.shape)} {image_tensor.dtype}, "
-          f"mask {tuple(mask_tensor.shape)} {mask_tensor.dtype}")
+    checkpoint = run_dir / "checkpoints" / "best.pt"
+    metrics, eval_dir = run_evaluation(data_root, "val", checkpoint=str(checkpoint), out=run_dir / "eval-val",
+                                       progress=progress)
+    print(f"[3/5] evaluated {val} validation images at full resolution: {eval_dir / 'metrics.json'}")
 
-    shares = counts[: labels.num_classes] / counts.sum()
-    print("class shares of the training split:")
-    for name, share in sorted(zip(labels.class_names, shares), key=lambda item: -item[1]):
-        print(f"  {name:<15}{share * 100:6.2f}%")
-    print(f"ignored pixels   {counts[labels.ignore_index] / counts.sum() * 100:6.2f}%")
-    print(f"preview sheet: {sheet}")
-    return 0
+    images = sorted((data_root / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[:4]
+    predictions = out / "predictions"
+    predict_files(load(checkpoint), images, predictions, ["color", "overlay", "entropy"], progress=False)
+    print(f"[4/5] predicted {len(images)} images (colour, overlay, entropy): {predictions}")
+
+    write_run_figures(run_dir)
+    print(f"[5/5] report: {run_dir / 'report.html'}")
+    print(summary(metrics, time.perf_counter() - started))
+    return {"metrics": metrics, "report": run_dir / "report.html", "predictions": predictions, "run_dir": run_dir}
+
+
+def summary(metrics: dict, seconds: float) -> str:
+    by_size = sorted(metrics["per_class"].items(), key=lambda item: -item[1]["pixels"])
+    present = [(name, row) for name, row in by_size if row["pixels"] > 0]
+
+    def line(items) -> str:
+        return ", ".join(f"{name} {_pct(row['iou'])}" for name, row in items)
+
+    return "\n".join([
+        f"validation mIoU {_pct(metrics['miou'])}, pixel accuracy {_pct(metrics['pixel_accuracy'])} "
+        f"({len(present)} classes present; {seconds / 60:.1f} min in all)",
+        f"  five largest classes:  {line(present[:5])}",
+        f"  five smallest classes: {line(present[-5:])}",
+    ])
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or value != value else f"{value * 100:.1f}%"

@@ -47,14 +47,16 @@ class DiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]
         probs = logits.float().softmax(dim=1)
-        valid = (target != self.ignore_index).unsqueeze(1)
-        one_hot = F.one_hot(target.masked_fill(~valid.squeeze(1), 0), num_classes).permute(0, 3, 1, 2)
-        probs, one_hot = probs * valid, one_hot * valid
-        dims = (0, 2, 3)
-        intersection = (probs * one_hot).sum(dims)
-        cardinality = probs.sum(dims) + one_hot.sum(dims)
-        dice = (2 * intersection + self.smooth) / (cardinality + self.smooth)
-        present = one_hot.sum(dims) > 0
+        valid = target != self.ignore_index
+        safe = target.masked_fill(~valid, 0)
+        # per-class sums without a one-hot tensor (N x C x H x W int64 would cost more than the model)
+        p_true = probs.gather(1, safe.unsqueeze(1)).squeeze(1)[valid]
+        classes = safe[valid]
+        intersection = torch.zeros(num_classes, device=logits.device).index_add(0, classes, p_true)
+        truth = torch.bincount(classes, minlength=num_classes).float()
+        predicted = (probs * valid.unsqueeze(1)).sum(dim=(0, 2, 3))
+        dice = (2 * intersection + self.smooth) / (predicted + truth + self.smooth)
+        present = truth > 0
         if not present.any():
             return probs.sum() * 0.0
         return (1 - dice)[present].mean()

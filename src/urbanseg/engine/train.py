@@ -224,6 +224,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     model.train()
     done = progress.step >= total_steps
     window_images, window_start = 0, time.perf_counter()
+    budget = _TimeBudget(tcfg.max_minutes, progress.step)
     while not done:
         train_sampler.set_epoch(progress.epoch, start=progress.batches_in_epoch * cfg.data.batch_size)
         for images, masks in train_loader:
@@ -260,6 +261,10 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
                 ema.update_parameters(model)
             progress.step += 1
             bar.update(1)
+            fitted = budget.fit(progress.step)
+            if fitted is not None and fitted < total_steps:
+                total_steps = schedule.total_steps = bar.total = fitted
+                bar.refresh()
 
             if progress.step % tcfg.log_every == 0 or progress.step == total_steps:
                 speed = window_images / max(time.perf_counter() - window_start, 1e-9)
@@ -269,7 +274,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
                 window_images, window_start = 0, time.perf_counter()
             epoch_ends = progress.batches_in_epoch >= micro_per_epoch
             if tcfg.eval_every and progress.step % tcfg.eval_every == 0 or not tcfg.eval_every and epoch_ends:
-                metrics = evaluate_and_save()
+                with budget.paused():
+                    metrics = evaluate_and_save()
             elif tcfg.save_every and progress.step % tcfg.save_every == 0:
                 checkpoint("last.pt")
             if progress.step >= total_steps or _early_stop(tcfg, progress, dist):
@@ -287,6 +293,40 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     barrier()
     return {"metrics": metrics, "step": progress.step, "epoch": progress.epoch, "run_dir": str(run_dir),
             "best": str(ckpt_dir / "best.pt"), "last": str(ckpt_dir / "last.pt")}
+
+
+class _TimeBudget:
+    """`trainer.max_minutes`: time steps 5..25 (after data-loader start-up), then shorten the run
+    (and its schedule, so the learning rate still anneals) to the steps that fit in the budget.
+    Evaluations are not counted."""
+
+    warmup_steps, timed_steps = 5, 20
+
+    def __init__(self, minutes: Optional[float], start_step: int):
+        self.seconds = minutes * 60 if minutes else None
+        self.start_step, self.start = start_step, time.perf_counter()
+        self.timer_step, self.timer_start = None, 0.0
+        self.excluded = 0.0
+        self.done = self.seconds is None
+
+    @contextlib.contextmanager
+    def paused(self):
+        begin = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - begin
+
+    def fit(self, step: int) -> Optional[int]:
+        if self.done:
+            return None
+        now = time.perf_counter()
+        if step - self.start_step == self.warmup_steps:
+            self.timer_step, self.timer_start, self.excluded = step, now, 0.0
+        if self.timer_step is None or step - self.timer_step < self.timed_steps:
+            return None
+        self.done = True
+        per_step = (now - self.timer_start - self.excluded) / (step - self.timer_step)
+        remaining = self.seconds - (now - self.start)
+        return broadcast_object(step + max(int(remaining / per_step), 0))  # every rank stops at rank 0's count
 
 
 def _early_stop(tcfg, progress: Progress, dist: DistInfo) -> bool:

@@ -1,0 +1,46 @@
+"""The demo end to end with tiny settings: every promised file exists and is readable."""
+import json
+import math
+
+import pytest
+
+from urbanseg.cli import main
+from urbanseg.data.io import read_image
+from urbanseg.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_writes_everything_it_promises(tmp_path, capsys):
+    out = tmp_path / "demo"
+    result = run_demo(out, train=8, val=3, size=(64, 128), progress=False,
+                      overrides=["trainer.max_minutes=null", "trainer.max_steps=4", "data.batch_size=4",
+                                 "data.crop=[64, 128]", "data.workers=0"])
+    printed = capsys.readouterr().out
+    assert "validation mIoU" in printed and "five largest classes" in printed and "five smallest classes" in printed
+    assert str(out / "run" / "report.html") in printed and str(out / "predictions") in printed
+
+    metrics = json.loads((out / "run" / "eval-val" / "metrics.json").read_text())
+    assert metrics["settings"]["resolution"] == [64, 128]
+    for key in ("miou", "pixel_accuracy", "mean_accuracy", "category_miou", "fw_iou"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert result["metrics"]["miou"] == pytest.approx(metrics["miou"])
+
+    run = out / "run"
+    for path in ("config.yaml", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt", "figures/curves.png",
+                 "figures/class_iou.png", "figures/confusion_matrix.png", "eval-val/confusion_matrix.png"):
+        assert (run / path).stat().st_size > 0, path
+    for png in [*(run / "figures").glob("*.png"), *(run / "samples").glob("*.png")]:
+        assert read_image(png).ndim == 3
+    predictions = sorted((out / "predictions").iterdir())
+    assert len(predictions) == 3 * 3  # colour, overlay and entropy for 3 validation images
+    assert all(read_image(p).shape[1] == 128 for p in predictions)
+    report = (run / "report.html").read_text()
+    assert report.count("data:image/png;base64") >= 4 and "Per-class IoU" in report and "Config" in report
+
+    # running it again replaces the demo folder; another folder is never overwritten
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "thesis.txt").write_text("keep me")
+    assert main(["demo", "--out", str(other)]) == 2
+    assert "exists and is not a demo folder" in capsys.readouterr().err
+    assert (other / "thesis.txt").read_text() == "keep me"
