@@ -163,14 +163,14 @@ def legend_strip(labels: LabelSet, present: Sequence[int], width: int) -> np.nda
     import cv2
 
     present = [i for i in present if i < labels.num_classes]
-    swatch, pad = 14, 6
-    per_row = max(1, width // 140)
+    swatch, pad, column = 10, 4, 100
+    per_row = max(1, (width - pad) // column)
     rows = max(1, math.ceil(len(present) / per_row))
     strip = np.full((rows * (swatch + pad) + pad, width, 3), 255, np.uint8)
     for k, index in enumerate(present):
         y = pad + (k // per_row) * (swatch + pad)
-        x = pad + (k % per_row) * 140
+        x = pad + (k % per_row) * column
         strip[y:y + swatch, x:x + swatch] = labels.palette[index]
-        cv2.putText(strip, labels.class_names[index][:16], (x + swatch + 4, y + swatch - 3),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 20), 1, cv2.LINE_AA)
+        cv2.putText(strip, labels.class_names[index][:14], (x + swatch + 3, y + swatch - 1),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.32, (20, 20, 20), 1, cv2.LINE_AA)
     return strip

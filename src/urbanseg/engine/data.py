@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -101,8 +102,6 @@ def make_loader(dataset, sampler: Sampler, batch_size: int, workers: int, drop_l
 
 def label_statistics(dataset: SegmentationDataset) -> tuple:
     """Per class: labelled pixels, and total pixels of the images that contain the class."""
-    import numpy as np
-
     n = dataset.labels.num_classes
     pixel_counts, image_pixels = np.zeros(n, np.int64), np.zeros(n, np.int64)
     for index in range(len(dataset)):
