@@ -190,3 +190,7 @@ def test_time_budget_shortens_the_run_and_still_anneals(cityscapes_root, tmp_pat
     assert 25 <= result["step"] < 100000
     last_lr = float(_rows(tmp_path / "run", "train")[-1]["lr"])
     assert last_lr < 0.1 * 0.01  # poly decayed to (almost) zero at the fitted end
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["progress"]["fitted_total_steps"] == result["step"]
+    again = train(cfg, tmp_path / "run", resume=True)  # the fitted length survives a resume
+    assert again["step"] == result["step"]

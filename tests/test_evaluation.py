@@ -22,7 +22,9 @@ def _noisy_predictions(root, out, seed=0):
         pred = truth.copy()
         for _ in range(12):
             y, x = rng.integers(0, truth.shape[0] - 8), rng.integers(0, truth.shape[1] - 8)
-            pred[y:y + rng.integers(2, 12), x:x + rng.integers(2, 24)] = rng.choice(valid_ids + [0, 4])
+            # also void ids and ignored vehicle ids (caravan 29, trailer 30), which the official
+            # script treats specially in category iIoU
+            pred[y:y + rng.integers(2, 12), x:x + rng.integers(2, 24)] = rng.choice(valid_ids + [0, 4, 29, 30])
         pred[rng.random(truth.shape) < 0.02] = rng.choice(valid_ids)
         stem = label.name[: -len("_gtFine_labelIds.png")]
         files.append(out / f"{stem}_leftImg8bit_pred.png")
@@ -84,3 +86,15 @@ def test_bad_prediction_files_are_named(cityscapes_root, tmp_path, capsys):
     assert "no prediction frankfurt_000000_000019*.png" in capsys.readouterr().err
     assert main(["evaluate", "--data-root", str(cityscapes_root)]) == 2
     assert "give either a checkpoint or --predictions" in capsys.readouterr().err
+
+
+def test_partly_missing_instance_files_are_an_error(cityscapes_copy, tmp_path, capsys):
+    _noisy_predictions(cityscapes_copy, tmp_path / "pred")
+    instance = sorted((cityscapes_copy / "gtFine" / "val").rglob("*_instanceIds.png"))[1]
+    instance.unlink()
+    assert main(["evaluate", "--predictions", str(tmp_path / "pred"), "--data-root", str(cityscapes_copy)]) == 2
+    assert f"{instance}: missing, while other images have instance ids" in capsys.readouterr().err
+    for other in (cityscapes_copy / "gtFine" / "val").rglob("*_instanceIds.png"):
+        other.unlink()
+    metrics = evaluate_prediction_files(tmp_path / "pred", Cityscapes(cityscapes_copy, "val"), progress=False)
+    assert "iiou" not in metrics and 0 < metrics["miou"] < 1

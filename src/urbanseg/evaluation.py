@@ -23,12 +23,19 @@ from .data.io import DataError, read_mask
 from .metrics import ConfusionMatrix, InstanceStats, json_safe, summarize
 
 
-def _instance_path(mask_path: Path) -> Optional[Path]:
-    name = str(mask_path)
-    if not name.endswith("_gtFine_labelIds.png"):
+def _instance_files(dataset: SegmentationDataset) -> Optional[list[Path]]:
+    """The `*_gtFine_instanceIds.png` of every sample (for iIoU), or None when the tree has none.
+    A tree with some but not all of them is an error: iIoU from part of the data would mislead."""
+    if dataset.labels.name != "cityscapes":
         return None
-    path = Path(name.replace("_gtFine_labelIds.png", "_gtFine_instanceIds.png"))
-    return path if path.exists() else None
+    paths = [Path(str(s.mask).replace("_gtFine_labelIds.png", "_gtFine_instanceIds.png")) for s in dataset.samples]
+    present = [p.exists() for p in paths]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = paths[present.index(False)]
+        raise DataError(f"{missing}: missing, while other images have instance ids (needed for iIoU)")
+    return paths
 
 
 def _to_label_ids(pred: np.ndarray, labels) -> np.ndarray:
@@ -44,14 +51,14 @@ def evaluate_predictor(predictor, dataset: SegmentationDataset, mode: str = "who
                          f"({', '.join(predictor.labels.class_names[:3])}, ...) but the dataset has "
                          f"{labels.num_classes} ({', '.join(labels.class_names[:3])}, ...)")
     matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
-    instances = InstanceStats() if labels.name == "cityscapes" else None
+    instance_files = _instance_files(dataset)
+    instances = InstanceStats() if instance_files else None
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         image, mask = dataset.load(index)
         pred = predictor.predict(image, mode=mode, scales=scales, flip=flip)
         matrix.update(torch.from_numpy(pred), torch.from_numpy(np.asarray(mask)))
-        instance_file = _instance_path(dataset.samples[index].mask) if instances is not None else None
-        if instance_file is not None:
-            instances.update(_to_label_ids(pred, labels), read_mask(instance_file))
+        if instances is not None:
+            instances.update(_to_label_ids(pred, labels), read_mask(instance_files[index]))
     return _summary(matrix, labels, instances)
 
 
@@ -64,8 +71,9 @@ def evaluate_prediction_files(pred_dir: str | os.PathLike, dataset: Segmentation
     files = [Path(root) / f for root, _, names in os.walk(pred_dir) for f in names if f.endswith(".png")]
     labels = dataset.labels
     matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
-    instances = InstanceStats() if labels.name == "cityscapes" else None
-    for sample in tqdm(dataset.samples, desc="evaluate", disable=not progress):
+    instance_files = _instance_files(dataset)
+    instances = InstanceStats() if instance_files else None
+    for index, sample in enumerate(tqdm(dataset.samples, desc="evaluate", disable=not progress)):
         matches = [f for f in files if fnmatch.fnmatch(f.name, f"{sample.name}*.png")]
         if not matches:
             raise DataError(f"{pred_dir}: no prediction {sample.name}*.png for {sample.mask}")
@@ -74,15 +82,15 @@ def evaluate_prediction_files(pred_dir: str | os.PathLike, dataset: Segmentation
         pred_ids = read_mask(matches[0])
         if pred_ids.ndim != 2:
             raise DataError(f"{matches[0]}: expected a single-channel labelIds image")
-        gt = labels.encode(read_mask(sample.mask), source=str(sample.mask))
+        gt_raw = read_mask(sample.mask)
+        gt = labels.encode(gt_raw, source=str(sample.mask))
         if pred_ids.shape != gt.shape:
             raise DataError(f"{matches[0]}: size {pred_ids.shape[1]}x{pred_ids.shape[0]} differs from the ground "
                             f"truth {sample.mask} ({gt.shape[1]}x{gt.shape[0]})")
         pred = labels.encode(pred_ids, source=str(matches[0]))  # void ids -> 255, counted as 'no class'
         matrix.update(torch.from_numpy(pred), torch.from_numpy(gt))
-        instance_file = _instance_path(sample.mask) if instances is not None else None
-        if instance_file is not None:
-            instances.update(pred_ids, read_mask(instance_file))
+        if instances is not None:
+            instances.update(pred_ids, read_mask(instance_files[index]), gt_raw)
     return _summary(matrix, labels, instances)
 
 

@@ -71,7 +71,8 @@ class Predictor:
         if state.get("ema"):  # evaluate what validation evaluated: the EMA weights when there are some
             weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         model.load_state_dict(weights)
-        return cls(model, labels, cfg.data.val_resize, cfg.data.crop, device, precision)
+        # validation saw images at val_resize, else at the size they were loaded at
+        return cls(model, labels, cfg.data.val_resize or cfg.data.load_size, cfg.data.crop, device, precision)
 
     # ------------------------------------------------------------------ public API
     def predict(self, image: ImageInput, **options) -> np.ndarray:

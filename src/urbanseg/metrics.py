@@ -48,11 +48,6 @@ class ConfusionMatrix:
         return summarize(self.matrix.cpu().numpy(), class_names, categories)
 
 
-def summarize(self, class_names: Optional[Sequence[str]] = None,
-                  categories: Optional[Sequence[str]] = None) -> dict:
-        return summarize(self.matrix.cpu().numpy(), class_names, categories)
-
-
 def summarize(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None,
               categories: Optional[Sequence[str]] = None) -> dict:
     """All metrics of a confusion matrix: rows = ground truth, columns = prediction (an extra
@@ -137,6 +132,7 @@ class InstanceStats:
         self.class_fn = defaultdict(float)
         self.category_tp = defaultdict(float)
         self.category_fn = defaultdict(float)
+        self.category_extra_fp = defaultdict(float)
         # categories whose every label has instances (human, vehicle), with their label ids
         by_category = defaultdict(list)
         for label in CITYSCAPES_LABELS:
@@ -144,7 +140,13 @@ class InstanceStats:
                 by_category[label.category].append(label)
         self.category_ids = {c: [l.id for l in ls] for c, ls in by_category.items() if all(l.has_instances for l in ls)}
 
-    def update(self, pred_label_ids: np.ndarray, instance_ids: np.ndarray) -> None:
+    def update(self, pred_label_ids: np.ndarray, instance_ids: np.ndarray,
+               gt_label_ids: Optional[np.ndarray] = None) -> None:
+        """`gt_label_ids` (for prediction files from other tools): predictions of ignored labels of a
+        category (caravan, trailer) on other categories' ground truth are false positives of that
+        category's iIoU in the official script, though no class column holds them."""
+        if gt_label_ids is not None:
+            self._count_ignored_label_false_positives(pred_label_ids, gt_label_ids)
         things = instance_ids > 1000
         if not things.any():
             return
@@ -167,6 +169,14 @@ class InstanceStats:
                 self.category_tp[label.category] += in_category * weight
                 self.category_fn[label.category] += (sizes[k] - in_category) * weight
 
+    def _count_ignored_label_false_positives(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        for category, ids in self.category_ids.items():
+            ignored = [i for i in ids if self.labels[i].ignore_in_eval]
+            if not ignored:
+                continue
+            other_gt = [i for i, l in self.labels.items() if not l.ignore_in_eval and l.category != category]
+            self.category_extra_fp[category] += float((np.isin(pred, ignored) & np.isin(gt, other_gt)).sum())
+
     def summarize(self, matrix: np.ndarray, class_names: Sequence[str], categories: Sequence[str]) -> dict:
         """iIoU per class and category (official formulas), from the class-space confusion matrix."""
         n = len(class_names)
@@ -183,7 +193,7 @@ class InstanceStats:
             if not columns:
                 continue
             others = [i for i, c in enumerate(categories) if c != category]
-            fp = m[np.ix_(others, columns)].sum()
+            fp = m[np.ix_(others, columns)].sum() + self.category_extra_fp[category]
             per_category[category] = _iou(self.category_tp[category], fp, self.category_fn[category])
         return {
             "iiou": _nanmean(np.array(list(per_class.values()) or [np.nan])),

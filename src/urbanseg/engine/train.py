@@ -31,7 +31,7 @@ from ..schedules import LRSchedule
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .data import ShardedSampler, build_train_val, label_statistics, make_loader
 from .distributed import (
-    DistInfo, barrier, broadcast_buffers, broadcast_object, init_distributed, shutdown_distributed,
+    DistInfo, all_reduce_sum, barrier, broadcast_buffers, broadcast_object, init_distributed, shutdown_distributed,
 )
 from .evaluate import save_sample_grid, validate
 from .precision import pick_device, pick_precision
@@ -54,6 +54,7 @@ class Progress:
     best: Optional[float] = None
     evals_without_improvement: int = 0
     last_eval_step: int = -1
+    fitted_total_steps: Optional[int] = None  # set by trainer.max_minutes; kept on resume
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -158,6 +159,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     monitor_key = MONITORS.get(tcfg.monitor)
     if monitor_key is None:
         raise ValueError(f"trainer.monitor: expected one of {', '.join(MONITORS)}, got '{tcfg.monitor}'")
+    if monitor_key == "category_miou" and not labels.categories:
+        raise ValueError(f"trainer.monitor: {tcfg.monitor} needs a dataset with categories (Cityscapes)")
     higher_is_better = monitor_key != "loss"
     progress = Progress()
     if resume_state is not None:
@@ -224,7 +227,10 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     model.train()
     done = progress.step >= total_steps
     window_images, window_start = 0, time.perf_counter()
-    budget = _TimeBudget(tcfg.max_minutes, progress.step)
+    budget = _TimeBudget(tcfg.max_minutes if progress.fitted_total_steps is None else None, progress.step)
+    if progress.fitted_total_steps is not None:  # a resumed time-budgeted run keeps its fitted length
+        total_steps = schedule.total_steps = bar.total = progress.fitted_total_steps
+        done = progress.step >= total_steps
     while not done:
         train_sampler.set_epoch(progress.epoch, start=progress.batches_in_epoch * cfg.data.batch_size)
         for images, masks in train_loader:
@@ -243,8 +249,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
                 with precision.autocast():
                     logits = forward_model(images)
                 loss = criterion(logits.float(), masks)
-                # a CPU-GPU sync point, once per micro-batch: worth it to stop at the first bad step
-                if not torch.isfinite(loss):
+                # a CPU-GPU sync point, once per micro-batch: worth it to stop at the first bad step;
+                # under DDP all ranks agree first, so no rank is left waiting in an all-reduce
+                if not _all_finite(loss, dist):
                     raise TrainingError(f"non-finite loss ({loss.item()}) at step {progress.step + 1}; stopped. "
                                         f"The last good checkpoint is {ckpt_dir / 'last.pt'}")
                 scaler.scale(loss / tcfg.accumulate).backward()
@@ -263,7 +270,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
             bar.update(1)
             fitted = budget.fit(progress.step)
             if fitted is not None and fitted < total_steps:
-                total_steps = schedule.total_steps = bar.total = fitted
+                total_steps = schedule.total_steps = bar.total = progress.fitted_total_steps = fitted
                 bar.refresh()
 
             if progress.step % tcfg.log_every == 0 or progress.step == total_steps:
@@ -298,15 +305,15 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
 class _TimeBudget:
     """`trainer.max_minutes`: time steps 5..25 (after data-loader start-up), then shorten the run
     (and its schedule, so the learning rate still anneals) to the steps that fit in the budget.
-    Evaluations are not counted."""
+    Time spent in evaluations does not count."""
 
     warmup_steps, timed_steps = 5, 20
 
     def __init__(self, minutes: Optional[float], start_step: int):
         self.seconds = minutes * 60 if minutes else None
         self.start_step, self.start = start_step, time.perf_counter()
-        self.timer_step, self.timer_start = None, 0.0
-        self.excluded = 0.0
+        self.timer_step, self.timer_start, self.timer_excluded = None, 0.0, 0.0
+        self.excluded = 0.0  # seconds in evaluations since the start
         self.done = self.seconds is None
 
     @contextlib.contextmanager
@@ -320,13 +327,20 @@ class _TimeBudget:
             return None
         now = time.perf_counter()
         if step - self.start_step == self.warmup_steps:
-            self.timer_step, self.timer_start, self.excluded = step, now, 0.0
+            self.timer_step, self.timer_start, self.timer_excluded = step, now, self.excluded
         if self.timer_step is None or step - self.timer_step < self.timed_steps:
             return None
         self.done = True
-        per_step = (now - self.timer_start - self.excluded) / (step - self.timer_step)
-        remaining = self.seconds - (now - self.start)
+        per_step = (now - self.timer_start - (self.excluded - self.timer_excluded)) / (step - self.timer_step)
+        remaining = self.seconds - (now - self.start - self.excluded)
         return broadcast_object(step + max(int(remaining / per_step), 0))  # every rank stops at rank 0's count
+
+
+def _all_finite(loss: torch.Tensor, dist: DistInfo) -> bool:
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if dist.enabled:
+        all_reduce_sum(bad)
+    return bool(bad.item() == 0)
 
 
 def _early_stop(tcfg, progress: Progress, dist: DistInfo) -> bool:
