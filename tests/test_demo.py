@@ -44,3 +44,15 @@ def test_demo_writes_everything_it_promises(tmp_path, capsys):
     assert main(["demo", "--out", str(other)]) == 2
     assert "exists and is not a demo folder" in capsys.readouterr().err
     assert (other / "thesis.txt").read_text() == "keep me"
+
+
+def test_training_gets_the_time_the_other_steps_leave(tmp_path, capsys):
+    from urbanseg.demo import AFTER_TRAINING_SECONDS, training_budget
+
+    assert training_budget(5.5, 15.0) == pytest.approx((5.5 * 60 - 15.0 - AFTER_TRAINING_SECONDS) / 60)
+    with pytest.raises(ValueError, match="--minutes 1: too short; generating the data took 50 s"):
+        training_budget(1.0, 50.0)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 2
+    assert "--minutes 0.2: too short" in capsys.readouterr().err
+    assert not out.exists()  # refused before writing anything

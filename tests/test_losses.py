@@ -93,3 +93,46 @@ def test_class_weights_formulas():
     with pytest.raises(ValueError, match="loss.class_weights"):
         class_weights_from_counts(pixels, image_pixels, "inverse")
     assert math.isclose(enet[0], 1 / math.log(1.02 + 0.9))
+
+
+@pytest.mark.parametrize("ignore_some", [True, False])
+def test_fused_ce_dice_equals_the_sum_of_its_terms(ignore_some):
+    """CrossEntropyDice has its own backward: values and gradients must equal the two terms' sum,
+    also for bf16 channels-last logits (what the model gives under autocast) and absent classes."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7) * 3
+    target = torch.randint(0, 4, (2, 6, 7))  # class 4 absent
+    if ignore_some:
+        target[:, :2] = 255
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5])
+    fused = build_loss(LossConfig(terms={"ce": 0.7, "dice": 1.3}), class_weights=weight.tolist())
+    assert "ce+dice" in fused.terms
+
+    def value_and_grad(loss_fn, x):
+        x = x.detach().requires_grad_(True)
+        loss = loss_fn(x, target)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    def separate(x, t):
+        return 0.7 * CrossEntropy(weight=weight)(x, t) + 1.3 * DiceLoss()(x, t)
+
+    expected, expected_grad = value_and_grad(separate, logits)
+    got, got_grad = value_and_grad(fused, logits)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(got_grad, expected_grad, atol=1e-6)
+
+    half = logits.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    expected, expected_grad = value_and_grad(lambda x, t: separate(x.float(), t), half)
+    got, got_grad = value_and_grad(fused, half)
+    assert got_grad.dtype == torch.bfloat16
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(got_grad.float(), expected_grad.float(), atol=1e-3)
+
+
+def test_fused_ce_dice_is_exact_for_confident_wrong_logits():
+    logits = torch.tensor([[[[200.0]], [[-200.0]]]])  # p(class 1) underflows to 0 in float32
+    target = torch.tensor([[[1]]])
+    fused = build_loss(LossConfig(terms={"ce": 1.0, "dice": 1.0}))
+    dice = 1 - (0 + 1) / (0 + 1 + 1)  # no probability on the true class; smooth 1
+    assert fused(logits, target).item() == pytest.approx(400.0 + dice, rel=1e-6)

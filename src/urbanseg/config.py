@@ -35,6 +35,7 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int = 2
     workers: int = 2
+    rare_class_sampling: Optional[float] = None  # temperature of rare-class sampling (e.g. 0.1); null: uniform
     # augmentation (see data.transforms.AugmentConfig)
     resize: Optional[List[int]] = None
     scale: List[float] = field(default_factory=lambda: [0.5, 2.0])

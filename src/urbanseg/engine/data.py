@@ -60,21 +60,25 @@ class ShardedSampler(Sampler[int]):
     exactly one rank (`indices[rank::world_size]`), so no sample is counted twice.
     `start` skips that many indices of this rank's share (to resume inside an epoch).
     With `seeded`, it yields `(index, seed)` pairs so the dataset draws each sample's augmentation
-    from a seed fixed by (run seed, epoch, index).
+    from a seed fixed by (run seed, epoch, index). With `weights` (training), an epoch is `size`
+    indices drawn with replacement in proportion to them (see `rare_class_weights`).
     """
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 pad: bool = True, seed: int = 0, seeded: bool = False):
+                 pad: bool = True, seed: int = 0, seeded: bool = False, weights: Optional[np.ndarray] = None):
         self.size, self.rank, self.world_size = size, rank, world_size
         self.shuffle, self.pad, self.seed, self.seeded = shuffle, pad, seed, seeded
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def _shard(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.shuffle and self.weights is not None:
+            indices = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+        elif self.shuffle:
             indices = torch.randperm(self.size, generator=generator).tolist()
         else:
             indices = list(range(self.size))
@@ -101,12 +105,33 @@ def make_loader(dataset, sampler: Sampler, batch_size: int, workers: int, drop_l
 
 
 def label_statistics(dataset: SegmentationDataset) -> tuple:
-    """Per class: labelled pixels, and total pixels of the images that contain the class."""
+    """Per class: labelled pixels, and total pixels of the images that contain the class; and per
+    image, which classes it contains (images x classes, bool)."""
     n = dataset.labels.num_classes
     pixel_counts, image_pixels = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    presence = np.zeros((len(dataset), n), bool)
     for index in range(len(dataset)):
         _, mask = dataset.load(index)
         counts = np.bincount(np.asarray(mask).ravel(), minlength=256)[:n]
         pixel_counts += counts
         image_pixels[counts > 0] += mask.size
-    return pixel_counts, image_pixels
+        presence[index] = counts > 0
+    return pixel_counts, image_pixels, presence
+
+
+def rare_class_weights(pixel_counts: np.ndarray, presence: np.ndarray, temperature: float) -> np.ndarray:
+    """Image sampling probabilities of rare-class sampling (Hoyer et al., DAFormer, 2022): draw a
+    class c with probability softmax((1 - f_c) / T) over the classes that occur (f_c: its share of
+    labelled pixels), then an image containing c uniformly. Small T favours rare classes strongly;
+    large T tends to uniform sampling of classes (not of images)."""
+    if temperature <= 0:
+        raise ValueError(f"data.rare_class_sampling: expected a temperature > 0, got {temperature}")
+    occurs = presence.sum(axis=0)
+    frequency = pixel_counts / max(pixel_counts.sum(), 1)
+    logits = np.where(occurs > 0, (1 - frequency) / temperature, -np.inf)
+    class_p = np.exp(logits - logits[occurs > 0].max())
+    class_p /= class_p.sum()
+    weights = presence @ (class_p / np.maximum(occurs, 1))
+    if weights.sum() <= 0:  # no labelled pixel anywhere: sample uniformly
+        return np.full(len(presence), 1 / max(len(presence), 1))
+    return weights / weights.sum()

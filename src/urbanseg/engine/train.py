@@ -9,6 +9,7 @@ Run directory: config.yaml, metrics.csv, tensorboard/, checkpoints/{last.pt,best
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import time
@@ -29,7 +30,7 @@ from ..optim import build_optimizer
 from ..report import write_run_figures
 from ..schedules import LRSchedule
 from .checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from .data import ShardedSampler, build_train_val, label_statistics, make_loader
+from .data import ShardedSampler, build_train_val, label_statistics, make_loader, rare_class_weights
 from .distributed import (
     DistInfo, all_reduce_sum, barrier, broadcast_buffers, broadcast_object, init_distributed, shutdown_distributed,
 )
@@ -71,8 +72,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
                         encoder_weights=cfg.model.encoder_weights, **cfg.model.options)
 
 
-def resolve_class_weights(cfg: Config, train_set, run_dir: Path, dist: DistInfo) -> Optional[list]:
-    """Class weights as configured; `auto`/`enet`/`median` are computed on rank 0 and saved with the run."""
+def resolve_class_weights(cfg: Config, train_set, run_dir: Path, dist: DistInfo, statistics) -> Optional[list]:
+    """Class weights as configured; `auto`/`enet`/`median` are computed on rank 0 (from
+    `statistics()`, see `label_statistics`) and saved with the run."""
     spec = cfg.loss.class_weights
     if spec is None or isinstance(spec, list):
         if spec is not None and len(spec) != train_set.labels.num_classes:
@@ -84,10 +86,21 @@ def resolve_class_weights(cfg: Config, train_set, run_dir: Path, dist: DistInfo)
         if saved.exists():
             weights = json.loads(saved.read_text())["weights"]
         else:
-            pixel_counts, image_pixels = label_statistics(train_set)
+            pixel_counts, image_pixels, _ = statistics()
             weights = class_weights_from_counts(pixel_counts, image_pixels, spec)
             saved.write_text(json.dumps({"method": spec, "classes": list(train_set.labels.class_names),
                                          "weights": weights, "pixels": pixel_counts.tolist()}, indent=1))
+    return broadcast_object(weights)
+
+
+def resolve_sampling_weights(cfg: Config, dist: DistInfo, statistics) -> Optional[np.ndarray]:
+    """Image probabilities of rare-class sampling (`data.rare_class_sampling`), the same on every rank."""
+    if cfg.data.rare_class_sampling is None:
+        return None
+    weights = None
+    if dist.is_main:
+        pixel_counts, _, presence = statistics()
+        weights = rare_class_weights(pixel_counts, presence, cfg.data.rare_class_sampling)
     return broadcast_object(weights)
 
 
@@ -126,8 +139,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     labels = train_set.labels
     if tcfg.accumulate < 1:
         raise ValueError(f"trainer.accumulate: expected at least 1, got {tcfg.accumulate}")
+    statistics = functools.cache(lambda: label_statistics(train_set))  # read the labels at most once
     train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, shuffle=True, seed=tcfg.seed,
-                                   seeded=True)
+                                   seeded=True, weights=resolve_sampling_weights(cfg, dist, statistics))
     val_sampler = ShardedSampler(len(val_set), dist.rank, dist.world_size, shuffle=False, pad=False)
     pin = device.type == "cuda"
     train_loader = make_loader(train_set, train_sampler, cfg.data.batch_size, cfg.data.workers, True, pin)
@@ -140,6 +154,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     if tcfg.max_steps is None and tcfg.max_epochs is None:
         raise ValueError("trainer.max_steps: set max_steps or max_epochs")
     total_steps = tcfg.max_steps if tcfg.max_steps is not None else tcfg.max_epochs * steps_per_epoch
+    planned_steps = total_steps  # a time budget may shorten the run, never lengthen it past this
 
     model = build_model(cfg, labels.num_classes).to(device)
     if tcfg.sync_batchnorm and device.type != "cuda":
@@ -148,7 +163,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    criterion = build_loss(cfg.loss, labels.ignore_index, resolve_class_weights(cfg, train_set, run_dir, dist)).to(device)
+    class_weights = resolve_class_weights(cfg, train_set, run_dir, dist, statistics)
+    criterion = build_loss(cfg.loss, labels.ignore_index, class_weights).to(device)
     optimizer = build_optimizer(cfg.optim, model)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, total_steps, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
@@ -248,7 +264,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
             with sync:
                 with precision.autocast():
                     logits = forward_model(images)
-                loss = criterion(logits.float(), masks)
+                loss = criterion(logits, masks)  # every loss term computes in float32
                 # a CPU-GPU sync point, once per micro-batch: worth it to stop at the first bad step;
                 # under DDP all ranks agree first, so no rank is left waiting in an all-reduce
                 if not _all_finite(loss, dist):
@@ -269,8 +285,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
             progress.step += 1
             bar.update(1)
             fitted = budget.fit(progress.step)
-            if fitted is not None and fitted < total_steps:
-                total_steps = schedule.total_steps = bar.total = progress.fitted_total_steps = fitted
+            if fitted is not None and min(fitted, planned_steps) != total_steps:
+                total_steps = min(fitted, planned_steps)
+                schedule.total_steps = bar.total = progress.fitted_total_steps = total_steps
                 bar.refresh()
 
             if progress.step % tcfg.log_every == 0 or progress.step == total_steps:
@@ -303,18 +320,18 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
 
 
 class _TimeBudget:
-    """`trainer.max_minutes`: time steps 5..25 (after data-loader start-up), then shorten the run
-    (and its schedule, so the learning rate still anneals) to the steps that fit in the budget.
-    Time spent in evaluations does not count."""
+    """`trainer.max_minutes`: after a warm-up (data-loader start-up, first allocations), time the
+    steps and set the run's length, and its schedule's so the learning rate still anneals, to the
+    steps that fit in the budget. Refitted every `refit_every` steps from the latest steps, as the
+    first ones are often slower; time spent in evaluations does not count."""
 
-    warmup_steps, timed_steps = 5, 20
+    warmup_steps, timed_steps, refit_every = 5, 20, 50
 
     def __init__(self, minutes: Optional[float], start_step: int):
         self.seconds = minutes * 60 if minutes else None
         self.start_step, self.start = start_step, time.perf_counter()
         self.timer_step, self.timer_start, self.timer_excluded = None, 0.0, 0.0
         self.excluded = 0.0  # seconds in evaluations since the start
-        self.done = self.seconds is None
 
     @contextlib.contextmanager
     def paused(self):
@@ -323,15 +340,18 @@ class _TimeBudget:
         self.excluded += time.perf_counter() - begin
 
     def fit(self, step: int) -> Optional[int]:
-        if self.done:
+        """The total number of steps that fits, at the steps where it is (re)computed; else None."""
+        if self.seconds is None:
             return None
         now = time.perf_counter()
-        if step - self.start_step == self.warmup_steps:
+        since_start = step - self.start_step
+        if since_start == self.warmup_steps:
             self.timer_step, self.timer_start, self.timer_excluded = step, now, self.excluded
-        if self.timer_step is None or step - self.timer_step < self.timed_steps:
+        first_fit = self.warmup_steps + self.timed_steps
+        if since_start != first_fit and (since_start < first_fit or since_start % self.refit_every):
             return None
-        self.done = True
         per_step = (now - self.timer_start - (self.excluded - self.timer_excluded)) / (step - self.timer_step)
+        self.timer_step, self.timer_start, self.timer_excluded = step, now, self.excluded  # the next window
         remaining = self.seconds - (now - self.start - self.excluded)
         return broadcast_object(step + max(int(remaining / per_step), 0))  # every rank stops at rank 0's count
 
