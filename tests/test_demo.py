@@ -50,9 +50,11 @@ def test_training_gets_the_time_the_other_steps_leave(tmp_path, capsys):
     from urbanseg.demo import AFTER_TRAINING_SECONDS, training_budget
 
     assert training_budget(5.5, 15.0) == pytest.approx((5.5 * 60 - 15.0 - AFTER_TRAINING_SECONDS) / 60)
-    with pytest.raises(ValueError, match="--minutes 1: too short; generating the data took 50 s"):
+    with pytest.raises(ValueError, match="--minutes 1: too short; generating the data takes 50 s"):
         training_budget(1.0, 50.0)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.2"]) == 2
-    assert "--minutes 0.2: too short" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--minutes", "0.9"]) == 2  # 54 s: ~10 s data, 20 s after, 24 s left
+    assert "--minutes 0.9: too short; generating the data takes" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--minutes", "nan"]) == 2
+    assert "--minutes nan: expected a positive number of minutes" in capsys.readouterr().err
     assert not out.exists()  # refused before writing anything

@@ -194,3 +194,29 @@ def test_time_budget_shortens_the_run_and_still_anneals(cityscapes_root, tmp_pat
     assert state["progress"]["fitted_total_steps"] == result["step"]
     again = train(cfg, tmp_path / "run", resume=True)  # the fitted length survives a resume
     assert again["step"] == result["step"]
+
+
+def test_time_budget_refits_and_grows_only_in_its_first_half(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: clock[0])
+    budget = train_module._TimeBudget(100 / 60, start_step=0)  # 100 s
+    total, fits = 1000, {}
+
+    def run(steps, seconds_per_step):
+        nonlocal total
+        for _ in range(steps):
+            clock[0] += seconds_per_step
+            step = run.step = run.step + 1
+            fitted = budget.fit(step, total, 1000)
+            if fitted is not None:
+                total = fits[step] = fitted
+    run.step = 0
+    run(5, 2.0)  # warm-up, slow, not timed
+    run(20, 1.0)  # step 25: 30 s used, 1 s/step -> 70 more steps
+    assert fits == {25: 95}
+    run(25, 0.5)  # step 50: 42.5 s used (< half), 0.5 s/step -> may grow
+    assert fits[50] == 50 + int(57.5 / 0.5)
+    run(50, 0.25)  # step 100: 55 s used (> half): faster steps no longer lengthen the run
+    assert fits[100] == fits[50]
+    run(50, 1.0)  # step 150: 105 s used, slower: shortened to stop now
+    assert fits[150] == 150

@@ -76,3 +76,14 @@ def test_training_with_rare_class_sampling(cityscapes_root, tmp_path):
     bad = tiny_config(cityscapes_root, "trainer.max_steps=3", "data.rare_class_sampling=-1")
     with pytest.raises(ValueError, match="data.rare_class_sampling"):
         train(bad, tmp_path / "bad")
+
+
+def test_repeated_draws_get_their_own_augmentation_seed():
+    sampler = ShardedSampler(3, weights=np.array([1.0, 0.0, 0.0]), seed=1, seeded=True)
+    pairs = list(sampler)
+    assert [index for index, _ in pairs] == [0, 0, 0] and len({seed for _, seed in pairs}) == 3
+
+
+def test_rare_class_weights_without_any_label_are_uniform():
+    weights = rare_class_weights(np.zeros(3), np.zeros((4, 3), bool), 0.01)
+    assert weights == pytest.approx(np.full(4, 0.25))

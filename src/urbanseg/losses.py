@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class CrossEntropy(nn.Module):
@@ -160,6 +161,7 @@ class _CrossEntropyDice(torch.autograd.Function):
         return ce_weight * ce + dice_weight * dice
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         probs, safe, valid, ce_scale, own_class, every_pixel, p_true = ctx.saved_tensors
         ce_scale = ctx.ce_weight * ce_scale

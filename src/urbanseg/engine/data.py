@@ -60,8 +60,8 @@ class ShardedSampler(Sampler[int]):
     exactly one rank (`indices[rank::world_size]`), so no sample is counted twice.
     `start` skips that many indices of this rank's share (to resume inside an epoch).
     With `seeded`, it yields `(index, seed)` pairs so the dataset draws each sample's augmentation
-    from a seed fixed by (run seed, epoch, index). With `weights` (training), an epoch is `size`
-    indices drawn with replacement in proportion to them (see `rare_class_weights`).
+    from a seed fixed by (run seed, epoch, position in the epoch). With `weights` (training), an
+    epoch is `size` indices drawn with replacement in proportion to them (`rare_class_weights`).
     """
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
@@ -74,7 +74,8 @@ class ShardedSampler(Sampler[int]):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def _shard(self) -> list[int]:
+    def _shard(self) -> list[tuple[int, int]]:
+        """This rank's (position in the epoch, index) pairs."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.shuffle and self.weights is not None:
             indices = torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
@@ -85,14 +86,15 @@ class ShardedSampler(Sampler[int]):
         if self.pad:
             total = math.ceil(self.size / self.world_size) * self.world_size
             indices += (indices * math.ceil(total / max(len(indices), 1)))[: total - len(indices)]
-        return indices[self.rank :: self.world_size]
+        return list(enumerate(indices))[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator:
-        indices = self._shard()[self.start :]
+        shard = self._shard()[self.start :]
         if not self.seeded:
-            return iter(indices)
+            return iter(index for _, index in shard)
+        # seeded by position, not index: an image drawn twice in an epoch is augmented twice
         base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
-        return iter((i, (base + i) % 2**32) for i in indices)
+        return iter((index, (base + position) % 2**32) for position, index in shard)
 
     def __len__(self) -> int:
         return len(self._shard()) - self.start
@@ -127,11 +129,11 @@ def rare_class_weights(pixel_counts: np.ndarray, presence: np.ndarray, temperatu
     if temperature <= 0:
         raise ValueError(f"data.rare_class_sampling: expected a temperature > 0, got {temperature}")
     occurs = presence.sum(axis=0)
+    if not occurs.any():  # no labelled pixel anywhere: sample uniformly
+        return np.full(len(presence), 1 / max(len(presence), 1))
     frequency = pixel_counts / max(pixel_counts.sum(), 1)
     logits = np.where(occurs > 0, (1 - frequency) / temperature, -np.inf)
     class_p = np.exp(logits - logits[occurs > 0].max())
     class_p /= class_p.sum()
     weights = presence @ (class_p / np.maximum(occurs, 1))
-    if weights.sum() <= 0:  # no labelled pixel anywhere: sample uniformly
-        return np.full(len(presence), 1 / max(len(presence), 1))
     return weights / weights.sum()

@@ -245,7 +245,7 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     window_images, window_start = 0, time.perf_counter()
     budget = _TimeBudget(tcfg.max_minutes if progress.fitted_total_steps is None else None, progress.step)
     if progress.fitted_total_steps is not None:  # a resumed time-budgeted run keeps its fitted length
-        total_steps = schedule.total_steps = bar.total = progress.fitted_total_steps
+        total_steps = schedule.total_steps = bar.total = min(progress.fitted_total_steps, planned_steps)
         done = progress.step >= total_steps
     while not done:
         train_sampler.set_epoch(progress.epoch, start=progress.batches_in_epoch * cfg.data.batch_size)
@@ -284,10 +284,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
                 ema.update_parameters(model)
             progress.step += 1
             bar.update(1)
-            fitted = budget.fit(progress.step)
-            if fitted is not None and min(fitted, planned_steps) != total_steps:
-                total_steps = min(fitted, planned_steps)
-                schedule.total_steps = bar.total = progress.fitted_total_steps = total_steps
+            fitted = budget.fit(progress.step, total_steps, planned_steps)
+            if fitted is not None and fitted != total_steps:
+                total_steps = schedule.total_steps = bar.total = progress.fitted_total_steps = fitted
                 bar.refresh()
 
             if progress.step % tcfg.log_every == 0 or progress.step == total_steps:
@@ -301,7 +300,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
                 with budget.paused():
                     metrics = evaluate_and_save()
             elif tcfg.save_every and progress.step % tcfg.save_every == 0:
-                checkpoint("last.pt")
+                with budget.paused():
+                    checkpoint("last.pt")
             if progress.step >= total_steps or _early_stop(tcfg, progress, dist):
                 done = True
                 break
@@ -339,8 +339,10 @@ class _TimeBudget:
         yield
         self.excluded += time.perf_counter() - begin
 
-    def fit(self, step: int) -> Optional[int]:
-        """The total number of steps that fits, at the steps where it is (re)computed; else None."""
+    def fit(self, step: int, total_steps: int, planned_steps: int) -> Optional[int]:
+        """The run's new length at the steps where it is (re)computed, else None. It may grow only
+        in the first half of the budget: later, a longer poly schedule would raise the learning
+        rate again near the end."""
         if self.seconds is None:
             return None
         now = time.perf_counter()
@@ -352,8 +354,11 @@ class _TimeBudget:
             return None
         per_step = (now - self.timer_start - (self.excluded - self.timer_excluded)) / (step - self.timer_step)
         self.timer_step, self.timer_start, self.timer_excluded = step, now, self.excluded  # the next window
-        remaining = self.seconds - (now - self.start - self.excluded)
-        return broadcast_object(step + max(int(remaining / per_step), 0))  # every rank stops at rank 0's count
+        elapsed = now - self.start - self.excluded
+        fitted = min(step + max(int((self.seconds - elapsed) / per_step), 0), planned_steps)
+        if since_start != first_fit and elapsed > self.seconds / 2:
+            fitted = min(fitted, total_steps)
+        return broadcast_object(fitted)  # every rank stops at rank 0's count
 
 
 def _all_finite(loss: torch.Tensor, dist: DistInfo) -> bool:
