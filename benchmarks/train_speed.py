@@ -1,30 +1,40 @@
 """Training images/s of one optimizer step, fp32 vs. bf16 autocast + channels-last, on CPU or GPU.
 
     python benchmarks/train_speed.py [--models unet_scratch unet] [--size 256x512] [--batch 4] [--steps 6]
+    python benchmarks/train_speed.py --models configs/synthetic/*.yaml --size 96x192 --batch 8   # demo models
 
 Random inputs and labels (19 classes); the first two steps are warm-up and not timed. `unet` is
-U-Net with a ResNet-34 encoder (random init). Measures, asserts nothing; compare numbers from
-one run only (this machine drifts 10-20% within an hour).
+U-Net with a ResNet-34 encoder (random init); a `.yaml` recipe stands for its model (random init).
+Measures, asserts nothing; compare numbers from one run only (this machine drifts 10-20% within an hour).
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
+from urbanseg.config import load_config
 from urbanseg.engine.precision import cpu_has_native_bf16, pick_device, pick_precision
+from urbanseg.engine.train import build_model
 from urbanseg.losses import CrossEntropy
 from urbanseg.models import create_model
 
 KWARGS = {"unet": {"encoder": "resnet34"}, "unet_scratch": {"base_channels": 64}}
 
 
+def build(name: str) -> torch.nn.Module:
+    if name.endswith(".yaml"):
+        return build_model(load_config(name, ["model.encoder_weights=null"]), 19)
+    return create_model(name, 19, **KWARGS.get(name, {}))
+
+
 def images_per_second(name: str, precision_name: str, size, batch: int, steps: int) -> float:
     device = pick_device("auto")
     precision = pick_precision(precision_name, device)
     torch.manual_seed(0)
-    model = create_model(name, 19, **KWARGS.get(name, {})).to(device)
+    model = build(name).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -59,11 +69,12 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     print(f"device {pick_device('auto')}, native bf16 on this CPU: {cpu_has_native_bf16()}, "
           f"threads {torch.get_num_threads()}, batch {args.batch} at {args.size}")
-    print(f"{'model':<16}{'fp32 img/s':>12}{'bf16+CL img/s':>15}{'speed-up':>10}")
+    width = max(16, *(len(Path(name).stem) + 2 for name in args.models))
+    print(f"{'model':<{width}}{'fp32 img/s':>12}{'bf16+CL img/s':>15}{'speed-up':>10}")
     for name in args.models:
         fp32 = images_per_second(name, "fp32", size, args.batch, args.steps)
         bf16 = images_per_second(name, "bf16", size, args.batch, args.steps)
-        print(f"{name:<16}{fp32:>12.2f}{bf16:>15.2f}{bf16 / fp32:>9.2f}x")
+        print(f"{Path(name).stem:<{width}}{fp32:>12.2f}{bf16:>15.2f}{bf16 / fp32:>9.2f}x")
 
 
 if __name__ == "__main__":

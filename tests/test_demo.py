@@ -58,3 +58,23 @@ def test_training_gets_the_time_the_other_steps_leave(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--minutes", "nan"]) == 2
     assert "--minutes nan: expected a positive number of minutes" in capsys.readouterr().err
     assert not out.exists()  # refused before writing anything
+
+
+def test_the_recipe_follows_the_hardware(monkeypatch):
+    """fp32-only CPUs get the lighter model; a GPU or native bf16 gets ResNet-18; both recipes load."""
+    import torch
+
+    from urbanseg import demo
+    from urbanseg.config import load_config
+    from urbanseg.engine import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert demo.demo_recipe() == demo.RECIPE_FP32
+    assert load_config(demo.RECIPE_FP32).model.encoder == "tu-regnetx_002"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert demo.demo_recipe() == demo.RECIPE
+    assert load_config(demo.RECIPE).model.encoder == "resnet18"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert demo.demo_recipe() == demo.RECIPE

@@ -14,6 +14,7 @@ from .danet import DANet
 from .fcn import FCNResNet50
 from .padding import PadToMultiple
 from .unet import UNet
+from .unet_stride import decoder_channels_for_build, stop_decoder_at_half
 from .weights import load_local_weights
 
 SMP_ARCHITECTURES = (
@@ -42,11 +43,19 @@ def danet(num_classes: int, encoder: str = "resnet50", encoder_weights: Optional
 
 def smp_model(arch: str, num_classes: int, encoder: Optional[str] = None, encoder_weights: Optional[str] = None,
               **options) -> nn.Module:
-    """Any segmentation-models-pytorch architecture with any of its encoders (incl. `tu-<timm name>`)."""
+    """Any segmentation-models-pytorch architecture with any of its encoders (incl. `tu-<timm name>`).
+
+    U-Net also takes `decoder_stride: 2` (ours, not smp's): see unet_stride.py.
+    """
     import segmentation_models_pytorch as smp
 
     encoder = encoder or DEFAULT_ENCODERS.get(arch, "resnet34")
     local = encoder_weights not in (None, "imagenet")
+    decoder_stride = options.pop("decoder_stride", 1)
+    if decoder_stride != 1 and arch != "unet":
+        raise ValueError(f"model.options.decoder_stride: only unet supports it, not {arch}")
+    if arch == "unet" and decoder_stride != 1:
+        options["decoder_channels"] = decoder_channels_for_build(options, decoder_stride)
     try:
         model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else encoder_weights,
                                  classes=num_classes, **options)
@@ -54,6 +63,8 @@ def smp_model(arch: str, num_classes: int, encoder: Optional[str] = None, encode
         raise ValueError(f"model.encoder: '{encoder}' does not work with {arch} ({error})") from None
     except TypeError as error:
         raise ValueError(f"model.options: {error}") from None
+    if decoder_stride == 2:
+        stop_decoder_at_half(model)
     if local:
         load_local_weights(model.encoder, encoder_weights, "model.encoder_weights")
     return PadToMultiple(model, int(getattr(model.encoder, "output_stride", 32)), MIN_INPUT.get(arch, 0))
