@@ -89,7 +89,7 @@ def demo_recipe() -> Path:
 
     A CPU without native bf16 (AVX-512 BF16 or AMX) trains in fp32, several times slower: on a 2-core
     AVX2 CPU, U-Net/ResNet-18 managed ~320 steps in the demo's budget (44-45% mIoU), and U-Net/RegNetX-200MF
-    with a slim decoder that stops at 1/2 resolution managed 750-790 (54-55%). With native bf16 on 2 cores the
+    with a slim decoder that stops at 1/2 resolution managed 760-860 (55-56%). With native bf16 on 2 cores the
     ResNet-18 recipe trains ~1300 steps to 62-64% (README, Measurements).
     """
     import torch

@@ -5,7 +5,7 @@ Why: with a slim encoder, the decoder block at full resolution and the 3x3 head 
 training step on CPU. For U-Net/RegNetX-200MF (decoder 64/32/32/16/16) at 96x192 on a 2-core AVX2
 CPU they took ~130 of the ~320 ms of convolution time in a step for a batch of 8; ending the decoder
 at 1/2 resolution, even with 32 channels there, made the step ~18% faster (291-299 vs 346-367 ms)
-and the demo learned more in its few minutes (54-55% instead of 51% validation mIoU). The price is
+and the demo learned more in its few minutes (54-55% instead of 51% validation mIoU, same recipe otherwise). The price is
 detail finer than 2 pixels, which bilinear upsampling of the logits smooths.
 """
 from __future__ import annotations
