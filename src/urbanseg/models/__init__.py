@@ -52,9 +52,9 @@ def smp_model(arch: str, num_classes: int, encoder: Optional[str] = None, encode
     encoder = encoder or DEFAULT_ENCODERS.get(arch, "resnet34")
     local = encoder_weights not in (None, "imagenet")
     decoder_stride = options.pop("decoder_stride", 1)
-    if decoder_stride != 1 and arch != "unet":
-        raise ValueError(f"model.options.decoder_stride: only unet supports it, not {arch}")
-    if arch == "unet" and decoder_stride != 1:
+    if decoder_stride != 1:
+        if arch != "unet":
+            raise ValueError(f"model.options.decoder_stride: only unet supports it, not {arch}")
         options["decoder_channels"] = decoder_channels_for_build(options, decoder_stride)
     try:
         model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else encoder_weights,
