@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from urbanseg.config import load_config
+from urbanseg.config import OptimConfig, load_config
 from urbanseg.engine.precision import cpu_has_native_bf16, pick_device, pick_precision
 from urbanseg.engine.train import build_model
 from urbanseg.losses import CrossEntropy
 from urbanseg.models import create_model
+from urbanseg.optim import build_optimizer
 
 KWARGS = {"unet": {"encoder": "resnet34"}, "unet_scratch": {"base_channels": 64}}
 
@@ -37,7 +38,7 @@ def images_per_second(name: str, precision_name: str, size, batch: int, steps: i
     model = build(name).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-3), model)  # as training builds it
     criterion = CrossEntropy()
     images = torch.randn(batch, 3, *size, device=device)
     if precision.channels_last:

@@ -68,9 +68,10 @@ def test_registry_errors_name_the_key():
         create_model("unet_scratch", 3, depth=7)
 
 
-def test_unet_decoder_stride_2_predicts_at_half_resolution():
+@pytest.mark.parametrize("stride, channels", [(2, [32, 16, 16, 8]), (4, [32, 16, 8])])
+def test_unet_decoder_stride_predicts_at_a_fraction_of_the_resolution(stride, channels):
     torch.manual_seed(0)
-    model = create_model("unet", 5, encoder="resnet18", decoder_channels=[32, 16, 16, 8], decoder_stride=2).eval()
+    model = create_model("unet", 5, encoder="resnet18", decoder_channels=channels, decoder_stride=stride).eval()
     unet = model.model
     head_out = {}
     unet.segmentation_head[0].register_forward_hook(lambda module, args, out: head_out.update(logits=out))
@@ -78,21 +79,25 @@ def test_unet_decoder_stride_2_predicts_at_half_resolution():
     with torch.no_grad():
         logits = model(x)
     assert logits.shape == (2, 5, 50, 70)
-    assert head_out["logits"].shape == (2, 5, 32, 48)  # the head sees 1/2 of the padded input
+    assert head_out["logits"].shape == (2, 5, 64 // stride, 96 // stride)  # the head sees 1/stride of the padded input
     upsampled = torch.nn.functional.interpolate(head_out["logits"], size=(64, 96), mode="bilinear", align_corners=False)
     torch.testing.assert_close(logits, upsampled[..., :50, :70])
     assert unet.segmentation_head[0].in_channels == 8
-    assert not list(unet.decoder.blocks[-1].parameters())  # no full-resolution block left
-    assert len(unet.decoder.blocks) == 5 and len(list(unet.decoder.blocks[-2].parameters())) > 0
-    # smp's default channels, less the full-resolution block's
-    assert create_model("unet", 5, encoder="resnet18", decoder_stride=2).model.segmentation_head[0].in_channels == 32
+    removed = {2: 1, 4: 2}[stride]
+    assert all(not list(block.parameters()) for block in unet.decoder.blocks[-removed:])  # no block past 1/stride
+    assert len(unet.decoder.blocks) == 5 and len(list(unet.decoder.blocks[-removed - 1].parameters())) > 0
+    # smp's default channels, less those of the removed blocks
+    default = create_model("unet", 5, encoder="resnet18", decoder_stride=stride).model
+    assert default.segmentation_head[0].in_channels == {2: 32, 4: 64}[stride]
 
 
 def test_unet_decoder_stride_errors_name_the_key():
     with pytest.raises(ValueError, match=r"model.options.decoder_channels: with decoder_stride 2 give one entry per "
                                          r"decoder block down to 1/2 resolution \(4 for encoder_depth 5\), got 5"):
         create_model("unet", 3, encoder="resnet18", decoder_channels=[64, 32, 32, 16, 16], decoder_stride=2)
-    with pytest.raises(ValueError, match="model.options.decoder_stride: expected 1 or 2, got 4"):
-        create_model("unet", 3, encoder="resnet18", decoder_stride=4)
+    with pytest.raises(ValueError, match="model.options.decoder_stride: expected one of 1, 2, 4, 8, got 3"):
+        create_model("unet", 3, encoder="resnet18", decoder_stride=3)
+    with pytest.raises(ValueError, match="model.options.decoder_stride: 8 leaves no decoder block with encoder_depth 3"):
+        create_model("unet", 3, encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], decoder_stride=8)
     with pytest.raises(ValueError, match="model.options.decoder_stride: only unet supports it, not fpn"):
         create_model("fpn", 3, encoder="resnet18", decoder_stride=2)

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -63,3 +64,23 @@ def test_no_weight_decay_on_norms_and_biases():
     assert isinstance(build_optimizer(OptimConfig(name="adam"), model), torch.optim.Adam)
     with pytest.raises(ValueError, match="optim.name: unknown optimizer 'lamb'"):
         build_optimizer(OptimConfig(name="lamb"), model)
+
+
+@pytest.mark.parametrize("name, reference", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_uses_the_fused_kernel_on_cpu_with_the_same_steps(name, reference):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 2, 1))
+    twin = copy.deepcopy(model)
+    cfg = OptimConfig(name=name, lr=0.01, weight_decay=0.05)
+    fused = build_optimizer(cfg, model)
+    assert all(group["fused"] for group in fused.param_groups)
+    plain = reference(parameter_groups(twin, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))  # for-each
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(5):
+        for net, optimizer in ((model, fused), (twin, plain)):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    for got, expected in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ from .danet import DANet
 from .fcn import FCNResNet50
 from .padding import PadToMultiple
 from .unet import UNet
-from .unet_stride import decoder_channels_for_build, stop_decoder_at_half
+from .unet_stride import decoder_channels_for_build, stop_decoder_early
 from .weights import load_local_weights
 
 SMP_ARCHITECTURES = (
@@ -45,7 +45,7 @@ def smp_model(arch: str, num_classes: int, encoder: Optional[str] = None, encode
               **options) -> nn.Module:
     """Any segmentation-models-pytorch architecture with any of its encoders (incl. `tu-<timm name>`).
 
-    U-Net also takes `decoder_stride: 2` (ours, not smp's): see unet_stride.py.
+    U-Net also takes `decoder_stride: 2`, `4` or `8` (ours, not smp's): see unet_stride.py.
     """
     import segmentation_models_pytorch as smp
 
@@ -63,8 +63,8 @@ def smp_model(arch: str, num_classes: int, encoder: Optional[str] = None, encode
         raise ValueError(f"model.encoder: '{encoder}' does not work with {arch} ({error})") from None
     except TypeError as error:
         raise ValueError(f"model.options: {error}") from None
-    if decoder_stride == 2:
-        stop_decoder_at_half(model)
+    if decoder_stride != 1:
+        stop_decoder_early(model, decoder_stride)
     if local:
         load_local_weights(model.encoder, encoder_weights, "model.encoder_weights")
     return PadToMultiple(model, int(getattr(model.encoder, "output_stride", 32)), MIN_INPUT.get(arch, 0))

@@ -79,4 +79,4 @@ def _write_one(job) -> None:
     colour = cityscapes_color_image(scene["label_ids"])
     alpha = np.full(colour.shape[:2] + (1,), 255, np.uint8)
     write_png(gt_dir / f"{stem}_gtFine_color.png", np.concatenate([colour, alpha], axis=2))
-    (gt_dir / f"{stem}_gtFine_polygons.json").write_text(json.dumps(scene["polygons"], indent=1))
+    (gt_dir / f"{stem}_gtFine_polygons.json").write_text(json.dumps(scene["polygons"]))
