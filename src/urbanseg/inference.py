@@ -92,7 +92,8 @@ class Predictor:
             raise ValueError(f"mode: expected 'whole' or 'slide', got '{mode}'")
         array = as_rgb_array(image)
         height, width = array.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(2, 0, 1)[None].float()
+        # a copy only when the array is read-only or strided (from_numpy warns on read-only arrays)
+        x = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(self.device).permute(2, 0, 1)[None].float()
         x = (x - self._mean) / self._std
         base = self.base_size or (height, width)
         total = torch.zeros(1, self.labels.num_classes, height, width, device=self.device)
