@@ -65,9 +65,10 @@ def test_epochs_accumulation_clipping_and_ema(cityscapes_root, tmp_path):
 
 def test_early_stopping_when_the_monitor_stalls(cityscapes_root, tmp_path):
     cfg = tiny_config(cityscapes_root, "optim.lr=0.0", "trainer.max_steps=40", "trainer.eval_every=2",
-                      "trainer.early_stopping=2")
+                      "trainer.early_stopping=2", "trainer.sample_images=0")
     result = train(cfg, tmp_path / "run")
     assert result["step"] == 6  # best at step 2, no improvement at 4 and 6
+    assert not (tmp_path / "run" / "samples").exists()  # sample_images: 0 draws no grids
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(cityscapes_root, tmp_path,
@@ -118,6 +119,9 @@ def test_existing_run_is_not_overwritten_and_bad_keys_fail(cityscapes_root, tmp_
     assert main(["train", *tiny_overrides(cityscapes_root, "trainer.max_steps=2", "trainer.sync_batchnorm=true"),
                  "--run-dir", str(tmp_path / "y")]) == 2
     assert "trainer.sync_batchnorm: SyncBatchNorm runs on CUDA devices only" in capsys.readouterr().err
+    assert main(["train", *tiny_overrides(cityscapes_root, "trainer.sample_images=-1"),
+                 "--run-dir", str(tmp_path / "z")]) == 2
+    assert "trainer.sample_images: expected 0 (no sample grids) or more, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -139,6 +139,8 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     labels = train_set.labels
     if tcfg.accumulate < 1:
         raise ValueError(f"trainer.accumulate: expected at least 1, got {tcfg.accumulate}")
+    if tcfg.sample_images < 0:
+        raise ValueError(f"trainer.sample_images: expected 0 (no sample grids) or more, got {tcfg.sample_images}")
     statistics = functools.cache(lambda: label_statistics(train_set))  # read the labels at most once
     train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, shuffle=True, seed=tcfg.seed,
                                    seeded=True, weights=resolve_sampling_weights(cfg, dist, statistics))
@@ -228,8 +230,9 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
         if log is not None:
             log.log("val", progress.step, progress.epoch, metrics)
             (run_dir / "val_metrics.json").write_text(json.dumps(json_safe({"step": progress.step, **metrics}), indent=1))
-            save_sample_grid(eval_model, val_set, tcfg.sample_images, device, precision,
-                             run_dir / "samples" / f"step_{progress.step:07d}.png", f"step {progress.step}")
+            if tcfg.sample_images:
+                save_sample_grid(eval_model, val_set, tcfg.sample_images, device, precision,
+                                 run_dir / "samples" / f"step_{progress.step:07d}.png", f"step {progress.step}")
             tqdm.write(f"step {progress.step}: val loss {metrics['loss']:.4f}  mIoU {metrics['miou']:.4f}"
                        f"  pixel acc {metrics['pixel_accuracy']:.4f}" + ("  (best)" if improved else ""))
         if improved:
