@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole job on built-in procedural data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--minutes", type=float,
-                   help="time for the whole demo in minutes (default 5.5); training gets what the other steps leave")
+                   help="time for the whole demo in minutes (default 5.75); training gets what the other steps leave")
     p.set_defaults(func=cmd_demo)
     return parser
 
