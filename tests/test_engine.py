@@ -122,6 +122,7 @@ def test_existing_run_is_not_overwritten_and_bad_keys_fail(cityscapes_root, tmp_
     assert main(["train", *tiny_overrides(cityscapes_root, "trainer.sample_images=-1"),
                  "--run-dir", str(tmp_path / "z")]) == 2
     assert "trainer.sample_images: expected 0 (no sample grids) or more, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()  # checked before anything is written
 
 
 @pytest.mark.slow

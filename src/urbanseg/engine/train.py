@@ -127,6 +127,10 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
     tcfg = cfg.trainer
     seed_everything(tcfg.seed + dist.rank, tcfg.deterministic)
     precision = pick_precision(tcfg.precision, device, tcfg.channels_last)
+    if tcfg.accumulate < 1:
+        raise ValueError(f"trainer.accumulate: expected at least 1, got {tcfg.accumulate}")
+    if tcfg.sample_images < 0:
+        raise ValueError(f"trainer.sample_images: expected 0 (no sample grids) or more, got {tcfg.sample_images}")
     # never overwrite a run by accident; rank 0 decides, so all ranks agree
     if broadcast_object((ckpt_dir / "last.pt").exists() if dist.is_main else None) and resume_state is None:
         raise ValueError(f"{run_dir}: already holds a run; continue it with --resume or choose another --run-dir")
@@ -137,10 +141,6 @@ def _train(cfg: Config, run_dir: Path, ckpt_dir: Path, resume_state: Optional[di
 
     train_set, val_set = build_train_val(cfg.data)
     labels = train_set.labels
-    if tcfg.accumulate < 1:
-        raise ValueError(f"trainer.accumulate: expected at least 1, got {tcfg.accumulate}")
-    if tcfg.sample_images < 0:
-        raise ValueError(f"trainer.sample_images: expected 0 (no sample grids) or more, got {tcfg.sample_images}")
     statistics = functools.cache(lambda: label_statistics(train_set))  # read the labels at most once
     train_sampler = ShardedSampler(len(train_set), dist.rank, dist.world_size, shuffle=True, seed=tcfg.seed,
                                    seeded=True, weights=resolve_sampling_weights(cfg, dist, statistics))
