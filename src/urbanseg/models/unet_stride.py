@@ -50,7 +50,7 @@ def decoder_channels_for_build(options: dict, stride: int) -> list[int]:
 
 def stop_decoder_early(unet: nn.Module, stride: int) -> nn.Module:
     """Drop the last blocks of an smp U-Net built with `decoder_channels_for_build`; its head then
-    predicts at 1/`stride` resolution and upsamples the logits (inputs are padded to multiples of 32)."""
+    predicts at 1/`stride` resolution and upsamples the logits (inputs are padded to multiples of the encoder's output stride)."""
     removed = removed_blocks(stride, len(unet.decoder.blocks))
     for index in range(len(unet.decoder.blocks) - removed, len(unet.decoder.blocks)):
         unet.decoder.blocks[index] = _Passthrough()
