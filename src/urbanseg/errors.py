@@ -26,3 +26,7 @@ class CheckpointError(UrbansegError):
 
 class TrainingError(UrbansegError):
     """Training cannot go on (e.g. a non-finite loss); the message says where and what was kept."""
+
+
+class OutputError(UrbansegError):
+    """A result could not be written (disk full, no permission); the message names the file."""

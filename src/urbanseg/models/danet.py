@@ -8,10 +8,11 @@ attention weights per image, which is why stride 16 is the default here.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
 
@@ -59,13 +60,11 @@ class DANet(nn.Module):
         self,
         num_classes: int,
         encoder: str = "resnet50",
-        encoder_weights: Optional[str] = None,
+        encoder_weights: Optional[Union[str, bool]] = None,
         output_stride: int = 16,
         dropout: float = 0.1,
     ):
         super().__init__()
-        from segmentation_models_pytorch.encoders import get_encoder
-
         self.encoder = get_encoder(encoder, in_channels=3, depth=5, weights=encoder_weights, output_stride=output_stride)
         channels = self.encoder.out_channels[-1]
         inner = max(channels // 4, 32)

@@ -11,6 +11,8 @@ from torch import nn
 
 from .weights import load_local_weights
 
+IMAGENET_WEIGHTS = torchvision.models.ResNet50_Weights.IMAGENET1K_V2  # fetched by torch.hub, see weights.py
+
 
 def _up(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -23,10 +25,10 @@ def _up(in_channels: int, out_channels: int) -> nn.Sequential:
 class FCNResNet50(nn.Module):
     def __init__(self, num_classes: int, encoder_weights: Optional[str] = None):
         super().__init__()
-        weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2 if encoder_weights == "imagenet" else None
+        weights = IMAGENET_WEIGHTS if encoder_weights == "imagenet" else None
         resnet = torchvision.models.resnet50(weights=weights)
         if encoder_weights not in (None, "imagenet"):
-            load_local_weights(resnet, encoder_weights, "model.encoder_weights")
+            load_local_weights(resnet, encoder_weights)
         self.encoder = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
         self.decoder = nn.Sequential(_up(2048, 512), _up(512, 256), _up(256, 128))
         self.classifier = nn.Conv2d(128, num_classes, 1)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class DoubleConv(nn.Sequential):
     """(3x3 conv -> BN -> ReLU) twice, with optional dropout at the end."""
@@ -47,7 +49,7 @@ class Up(nn.Module):
                 nn.Conv2d(in_channels, in_channels // 2, 1),
             )
         else:
-            raise ValueError(f"model.options.upsampling: expected 'transpose' or 'bilinear', got '{upsampling}'")
+            raise ConfigError(f"model.options.upsampling: expected 'transpose' or 'bilinear', got '{upsampling}'")
         self.conv = DoubleConv(in_channels // 2 + out_channels, out_channels, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
