@@ -15,7 +15,7 @@ import time
 import torch
 
 from urbanseg.config import load_config
-from urbanseg.engine.train import build_model
+from urbanseg.engine.model import build_model
 
 DEFAULT_MODEL = "configs/synthetic/unet_regnetx002_adamw_96x192_cpu_fp32.yaml"
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = build_model(load_config(args.model, ["model.encoder_weights=null"]), 19)
+    model = build_model(load_config(args.model).model, 19, pretrained=False)
     gradients = [torch.randn_like(p) for p in model.parameters()]
     copies, optimizers = {}, {}
     for name, fused in (("default", None), ("fused", True)):

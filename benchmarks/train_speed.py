@@ -17,7 +17,7 @@ import torch
 
 from urbanseg.config import OptimConfig, load_config
 from urbanseg.engine.precision import cpu_has_native_bf16, pick_device, pick_precision
-from urbanseg.engine.train import build_model
+from urbanseg.engine.model import build_model
 from urbanseg.losses import CrossEntropy
 from urbanseg.models import create_model
 from urbanseg.optim import build_optimizer
@@ -27,7 +27,7 @@ KWARGS = {"unet": {"encoder": "resnet34"}, "unet_scratch": {"base_channels": 64}
 
 def build(name: str) -> torch.nn.Module:
     if name.endswith(".yaml"):
-        return build_model(load_config(name, ["model.encoder_weights=null"]), 19)
+        return build_model(load_config(name).model, 19, pretrained=False)
     return create_model(name, 19, **KWARGS.get(name, {}))
 
 
@@ -42,17 +42,13 @@ def images_per_second(name: str, precision_name: str, size, batch: int, steps: i
     optimizer = build_optimizer(OptimConfig(name="adamw", lr=1e-3), model)  # as training builds it
     criterion = CrossEntropy()
     images = torch.randn(batch, 3, *size, device=device)
-    if precision.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 19, (batch, *size), device=device)
     for step in range(steps + 2):
         if step == 2:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with precision.autocast():
-            logits = model(images)
-        loss = criterion(logits.float(), labels)
+        loss = criterion(precision.forward(model, images), labels)  # training's forward path
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -27,3 +27,31 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "urbanseg"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "synth" in result.stdout and "prepare" in result.stdout
+
+
+def test_only_user_errors_become_one_line_messages(tmp_path, monkeypatch, capsys):
+    """An UrbansegError is the user's to fix (one line, exit 2); anything else is a bug in urbanseg
+    and keeps its traceback, a ValueError from deep inside included."""
+    import urbanseg.data.synth as synth
+    from urbanseg.errors import DataError
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(synth, "write_dataset", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["synth", str(tmp_path)])
+
+    def user_error(*args, **kwargs):
+        raise DataError(f"{tmp_path}: not writable")
+
+    monkeypatch.setattr(synth, "write_dataset", user_error)
+    assert main(["synth", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"urbanseg: error: {tmp_path}: not writable\n"
+
+
+def test_help_does_not_import_torch():
+    """`urbanseg --help`, `synth` and `prepare` start without loading PyTorch (2-3 s on a laptop)."""
+    code = "import sys, urbanseg.cli, urbanseg.data.prepare, urbanseg.data.synth; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

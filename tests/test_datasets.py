@@ -112,3 +112,39 @@ def test_folder_without_palette_rejects_colour_masks_and_bad_values(tmp_path):
 
 def test_registry_names_every_dataset():
     assert DATASETS == {"cityscapes": Cityscapes, "camvid": CamVid, "folder": FolderDataset}
+
+
+def test_build_dataset_goes_through_the_registry(cityscapes_root, monkeypatch):
+    """Adding a dataset is a class plus one line in DATASETS: build_dataset finds it by name."""
+    from urbanseg import data
+    from urbanseg.config import DataConfig
+
+    class EveryOtherCity(Cityscapes):
+        options = ("classes",)
+
+        @classmethod
+        def from_config(cls, cfg, split, transform=None, loader=None):
+            return cls(cfg.root, split, cities=["aachen"], transform=transform, loader=loader)
+
+    monkeypatch.setitem(data.DATASETS, "aachen_only", EveryOtherCity)
+    dataset = data.build_dataset(DataConfig(dataset="aachen_only", root=str(cityscapes_root)), "train")
+    assert isinstance(dataset, EveryOtherCity) and {s.group for s in dataset.samples} == {"aachen"}
+    with pytest.raises(ValueError, match="data.dataset: expected one of cityscapes, camvid, folder, aachen_only, got 'x'"):
+        data.build_dataset(DataConfig(dataset="x", root=str(cityscapes_root)), "train")
+
+
+@pytest.mark.parametrize("dataset, key, value, owner", [
+    ("camvid", "classes", "all", "cityscapes"),
+    ("cityscapes", "class_names", ["a", "b"], "folder"),
+    ("cityscapes", "palette", [[1, 2, 3]], "folder"),
+    ("camvid", "ignore_index", 11, "folder"),
+])
+def test_keys_of_another_dataset_are_an_error_not_ignored(tmp_path, dataset, key, value, owner):
+    from urbanseg.config import DataConfig
+    from urbanseg.data import build_dataset
+    from urbanseg.errors import ConfigError
+
+    cfg = DataConfig(dataset=dataset, root=str(tmp_path), **{key: value})
+    with pytest.raises(ConfigError, match=f"data.{key}: only the {owner} dataset reads it, but data.dataset is "
+                                          f"'{dataset}'; remove it"):
+        build_dataset(cfg, "train")

@@ -10,8 +10,10 @@ import torch
 
 from engine_helpers import run_cli, tiny_config, tiny_overrides
 from urbanseg.cli import main
-from urbanseg.engine import train as train_module
+from urbanseg.engine import run_length as run_length_module
+from urbanseg.engine import state as state_module
 from urbanseg.engine.checkpoint import load_checkpoint
+from urbanseg.engine.run_length import RunLength
 from urbanseg.engine.train import train
 
 
@@ -32,9 +34,10 @@ def test_a_few_steps_reduce_the_loss_and_fill_the_run_dir(cityscapes_root, tmp_p
     assert result["step"] == 24 and 0 <= result["metrics"]["miou"] <= 1
     assert (run / "config.yaml").exists() and any((run / "tensorboard").iterdir())
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["progress"]["step"] == 24 and state["labels"]["class_names"][0] == "road"
-    assert set(state) >= {"model", "optimizer", "schedule", "scaler", "ema", "rng", "config", "labels"}
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["progress"]["step"] in (12, 24)
+    assert state.training["progress"]["step"] == 24 and state.labels.class_names[0] == "road"
+    assert set(state.training) >= {"optimizer", "schedule", "scaler", "progress", "run_length", "rng", "precision"}
+    assert state.model and state.ema is None and state.config["trainer"]["max_steps"] == 24
+    assert load_checkpoint(run / "checkpoints" / "best.pt").training["progress"]["step"] in (12, 24)
 
 
 def test_bf16_training_lowers_the_loss_like_fp32(cityscapes_root, tmp_path):
@@ -46,7 +49,7 @@ def test_bf16_training_lowers_the_loss_like_fp32(cityscapes_root, tmp_path):
         losses = [float(r["loss"]) for r in _rows(tmp_path / precision, "train")]
         assert sum(losses[-4:]) < 0.8 * sum(losses[:4]), precision
         finals[precision] = sum(losses[-4:]) / 4
-        assert load_checkpoint(tmp_path / precision / "checkpoints" / "last.pt")["precision"] == precision
+        assert load_checkpoint(tmp_path / precision / "checkpoints" / "last.pt").training["precision"] == precision
     assert abs(finals["bf16"] - finals["fp32"]) < 0.25 * finals["fp32"]
 
 
@@ -60,7 +63,9 @@ def test_epochs_accumulation_clipping_and_ema(cityscapes_root, tmp_path):
     assert [int(r["step"]) for r in _rows(tmp_path / "run", "val")] == [2, 4]
     weights = (tmp_path / "run" / "class_weights.json").read_text()
     assert '"method": "auto"' in weights
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["ema"] is not None
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state.ema is not None and state.ema.keys() == state.model.keys()  # no prefix to strip
+    assert state.training["ema_updates"] == 4
 
 
 def test_early_stopping_when_the_monitor_stalls(cityscapes_root, tmp_path):
@@ -73,7 +78,7 @@ def test_early_stopping_when_the_monitor_stalls(cityscapes_root, tmp_path):
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(cityscapes_root, tmp_path,
                                                                              monkeypatch, capsys):
-    real_build_loss = train_module.build_loss
+    real_build_loss = state_module.build_loss
 
     def poisoned(*args, **kwargs):
         loss = real_build_loss(*args, **kwargs)
@@ -86,14 +91,14 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(cit
 
         return forward
 
-    monkeypatch.setattr(train_module, "build_loss", lambda *a, **k: _Wrapped(poisoned(*a, **k)))
+    monkeypatch.setattr(state_module, "build_loss", lambda *a, **k: _Wrapped(poisoned(*a, **k)))
     run = tmp_path / "run"
     code = main(["train", *tiny_overrides(cityscapes_root, "trainer.max_steps=10", "trainer.save_every=2"),
                  "--run-dir", str(run)])
     assert code == 1
     err = capsys.readouterr().err
     assert "non-finite loss (nan) at step 5; stopped" in err and str(run / "checkpoints" / "last.pt") in err
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 4
+    assert load_checkpoint(run / "checkpoints" / "last.pt").training["progress"]["step"] == 4
 
 
 class _Wrapped(torch.nn.Module):
@@ -117,8 +122,8 @@ def test_existing_run_is_not_overwritten_and_bad_keys_fail(cityscapes_root, tmp_
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["train", *tiny_overrides(cityscapes_root, "trainer.max_steps=2", "trainer.sync_batchnorm=true"),
-                 "--run-dir", str(tmp_path / "y")]) == 2
-    assert "trainer.sync_batchnorm: SyncBatchNorm runs on CUDA devices only" in capsys.readouterr().err
+                 "--run-dir", str(tmp_path / "y")]) == 0
+    assert "trainer.sync_batchnorm: a single process has nothing to synchronise" in capsys.readouterr().out
     assert main(["train", *tiny_overrides(cityscapes_root, "trainer.sample_images=-1"),
                  "--run-dir", str(tmp_path / "z")]) == 2
     assert "trainer.sample_images: expected 0 (no sample grids) or more, got -1" in capsys.readouterr().err
@@ -151,20 +156,19 @@ def test_sigkill_then_resume_reaches_the_same_step_and_weights(cityscapes_root, 
     assert straight.returncode == 0, straight.stderr
     a = load_checkpoint(killed / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    assert a["progress"]["step"] == b["progress"]["step"] == 40
-    for key in b["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+    assert a.training["progress"]["step"] == b.training["progress"]["step"] == 40
+    for key in b.model:
+        torch.testing.assert_close(a.model[key], b.model[key], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_count_every_validation_image_once(cityscapes_root, tmp_path):
     import json
 
-    from urbanseg.config import resume_config
+    from urbanseg.engine.checkpoint import load_model, resume_config
     from urbanseg.engine.data import ShardedSampler, build_train_val, make_loader
     from urbanseg.engine.evaluate import validate
     from urbanseg.engine.precision import pick_precision
-    from urbanseg.engine.train import build_model
     from urbanseg.losses import build_loss
 
     run = tmp_path / "ddp"
@@ -178,9 +182,7 @@ def test_torchrun_two_processes_count_every_validation_image_once(cityscapes_roo
 
     cfg = resume_config(run)
     _, val_set = build_train_val(cfg.data)
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    model = build_model(cfg, val_set.labels.num_classes)
-    model.load_state_dict(state["model"])
+    model = load_model(run / "checkpoints" / "last.pt").model
     loader = make_loader(val_set, ShardedSampler(len(val_set), shuffle=False, pad=False), 2, 0, False)
     single = validate(model, loader, build_loss(cfg.loss), val_set.labels, torch.device("cpu"),
                       pick_precision("fp32", torch.device("cpu")))
@@ -196,25 +198,25 @@ def test_time_budget_shortens_the_run_and_still_anneals(cityscapes_root, tmp_pat
     last_lr = float(_rows(tmp_path / "run", "train")[-1]["lr"])
     assert last_lr < 0.1 * 0.01  # poly decayed to (almost) zero at the fitted end
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["progress"]["fitted_total_steps"] == result["step"]
+    assert state.training["run_length"]["fitted_steps"] == result["step"]
     again = train(cfg, tmp_path / "run", resume=True)  # the fitted length survives a resume
     assert again["step"] == result["step"]
 
 
 def test_time_budget_refits_and_grows_only_in_its_first_half(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: clock[0])
-    budget = train_module._TimeBudget(100 / 60, start_step=0)  # 100 s
-    total, fits = 1000, {}
+    monkeypatch.setattr(run_length_module.time, "perf_counter", lambda: clock[0])
+    length = RunLength(planned_steps=1000, max_minutes=100 / 60, start_step=0)  # 100 s
+    fits = {}
 
     def run(steps, seconds_per_step):
-        nonlocal total
         for _ in range(steps):
             clock[0] += seconds_per_step
             step = run.step = run.step + 1
-            fitted = budget.fit(step, total, 1000)
+            fitted = length.refit(step)
             if fitted is not None:
-                total = fits[step] = fitted
+                fits[step] = fitted
+                assert length.total_steps == fitted
     run.step = 0
     run(5, 2.0)  # warm-up, slow, not timed
     run(20, 1.0)  # step 25: 30 s used, 1 s/step -> 70 more steps

@@ -8,7 +8,9 @@ import pytest
 from urbanseg.cli import main
 from urbanseg.data import Cityscapes
 from urbanseg.data.io import read_mask, write_png
+from urbanseg.errors import DataError
 from urbanseg.evaluation import evaluate_prediction_files
+from urbanseg.metrics import json_safe
 
 
 def _noisy_predictions(root, out, seed=0):
@@ -98,3 +100,48 @@ def test_partly_missing_instance_files_are_an_error(cityscapes_copy, tmp_path, c
         other.unlink()
     metrics = evaluate_prediction_files(tmp_path / "pred", Cityscapes(cityscapes_copy, "val"), progress=False)
     assert "iiou" not in metrics and 0 < metrics["miou"] < 1
+
+
+def test_numbers_do_not_depend_on_the_worker_count(cityscapes_root, tmp_path):
+    _noisy_predictions(cityscapes_root, tmp_path / "pred", seed=2)
+    dataset = Cityscapes(cityscapes_root, "val")
+    one = evaluate_prediction_files(tmp_path / "pred", dataset, progress=False, workers=1)
+    three = evaluate_prediction_files(tmp_path / "pred", dataset, progress=False, workers=3)
+    assert "iiou" in one and json_safe(one) == json_safe(three)
+
+
+def test_each_bad_prediction_file_is_named_in_sample_order(cityscapes_root, tmp_path):
+    files = _noisy_predictions(cityscapes_root, tmp_path / "pred")
+    dataset = Cityscapes(cityscapes_root, "val")
+
+    def error(workers=2):
+        with pytest.raises(DataError) as caught:
+            evaluate_prediction_files(tmp_path / "pred", dataset, progress=False, workers=workers)
+        return str(caught.value)
+
+    write_png(files[1], np.stack([read_mask(files[1])] * 3, axis=-1))
+    files[3].unlink()
+    # with several workers, later images fail too, but the first failing sample is the one reported
+    assert error() == error(workers=1) == f"{files[1]}: expected a single-channel labelIds image"
+    write_png(files[1], np.full((64, 128), 200, np.uint8))
+    assert error() == f"{files[1]}: unknown label values [200] for label set 'cityscapes'"
+    write_png(files[1], np.full((64, 128), 7, np.uint8))
+    missing = dataset.samples[3]
+    assert error() == f"{tmp_path / 'pred'}: no prediction {missing.name}*.png for {missing.mask}"
+    write_png(files[3], np.full((64, 128), 7, np.uint8))
+    duplicate = tmp_path / "pred" / "sub" / f"{dataset.samples[4].name}_copy.png"
+    write_png(duplicate, np.full((64, 128), 7, np.uint8))
+    assert f"several predictions match {dataset.samples[4].name}*.png" in error()
+    duplicate.unlink()
+    assert 0 < evaluate_prediction_files(tmp_path / "pred", dataset, progress=False)["miou"] < 1
+
+
+def test_a_bad_instance_file_is_named(cityscapes_copy, tmp_path):
+    _noisy_predictions(cityscapes_copy, tmp_path / "pred")
+    instance = sorted((cityscapes_copy / "gtFine" / "val").rglob("*_instanceIds.png"))[2]
+    write_png(instance, read_mask(instance)[:20])
+    with pytest.raises(DataError, match=f"{instance}: prediction shape \\(64, 128\\) differs from instance ids"):
+        evaluate_prediction_files(tmp_path / "pred", Cityscapes(cityscapes_copy, "val"), progress=False)
+    write_png(instance, np.full((64, 128), 7001, np.uint16))  # an 'instance' of road, which has none
+    with pytest.raises(DataError, match=f"{instance}: instance id 7001: label id 7 is not an instance class"):
+        evaluate_prediction_files(tmp_path / "pred", Cityscapes(cityscapes_copy, "val"), progress=False)

@@ -6,7 +6,7 @@ import torch
 
 from urbanseg.config import load_config
 from urbanseg.data.labels import cityscapes_label_set
-from urbanseg.engine.train import build_model
+from urbanseg.engine.model import build_model
 from urbanseg.optim import build_optimizer
 from urbanseg.schedules import LRSchedule
 
@@ -23,7 +23,7 @@ def test_there_are_recipes_for_every_seed_system():
 def test_recipe_builds(recipe):
     cfg = load_config(recipe, ["model.encoder_weights=null"])  # no downloads here
     num_classes = cityscapes_label_set(cfg.data.classes).num_classes
-    model = build_model(cfg, num_classes)
+    model = build_model(cfg.model, num_classes)
     optimizer = build_optimizer(cfg.optim, model)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, total_steps=1000, steps_per_epoch=10)
     assert 0 <= schedule.lr(0) <= cfg.optim.lr and optimizer.param_groups

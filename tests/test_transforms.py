@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from urbanseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, eval_transform, train_transform
+from urbanseg.data.preset import IMAGENET_MEAN, IMAGENET_STD
+from urbanseg.data.transforms import AugmentConfig, eval_transform, train_transform
 
 
 def _mask(rng, values=(0, 3, 7, 18)):

@@ -1,4 +1,8 @@
-"""The `urbanseg` command: parses arguments and calls library functions, nothing more."""
+"""The `urbanseg` command: parses arguments and calls library functions, nothing more.
+
+Each command imports what it needs when it runs (this module's one exception to imports at the
+top): `urbanseg --help`, `synth` and `prepare` then start without loading PyTorch.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .data.io import DataError
+from .errors import ConfigError, TrainingError, UrbansegError
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -36,7 +40,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import check_cityscapes
 
     if args.cache_size and not args.cache:
-        raise ValueError("--cache-size: only meaningful with --cache DIR")
+        raise ConfigError("--cache-size: only meaningful with --cache DIR")
     report = check_cityscapes(
         args.root, write_train_ids=args.write_train_ids, cache_dir=args.cache, cache_size=args.cache_size
     )
@@ -45,8 +49,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, resume_config
+    from .config import load_config
+    from .engine.checkpoint import resume_config
     from .engine.train import train
+    from .report import write_run_figures
 
     if args.resume:
         cfg, run_dir = resume_config(args.resume, args.overrides), Path(args.resume)
@@ -54,6 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)  # no --config: the defaults plus overrides
         run_dir = args.run_dir or Path("runs") / (args.config.stem if args.config else "default")
     result = train(cfg, run_dir, resume=bool(args.resume))
+    if not result["main_process"]:  # under torchrun, rank 0 reports
+        return 0
+    write_run_figures(run_dir)
     metrics = result["metrics"]
     if metrics:
         print(f"done at step {result['step']}: val mIoU {metrics['miou']:.4f}, pixel accuracy "
@@ -74,8 +83,9 @@ def parse_scales(text: str) -> list[float]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import format_table, run_evaluation
 
-    metrics, out = run_evaluation(args.data_root, args.split, args.checkpoint, args.predictions, args.dataset,
-                                  args.mode, args.scales, args.tta == "flip", args.out, args.device)
+    metrics, out = run_evaluation(args.data_root, split=args.split, checkpoint=args.checkpoint,
+                                  predictions=args.predictions, dataset=args.dataset, mode=args.mode,
+                                  scales=args.scales, flip=args.tta == "flip", out=args.out, device=args.device)
     print(format_table(metrics))
     print(f"metrics, confusion matrix and per-class IoU written to {out}")
     return 0
@@ -181,14 +191,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except UrbansegError as error:  # the user's to fix; anything else is our bug and keeps its traceback
         print(f"urbanseg: error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:
-        if error.__class__.__name__ != "TrainingError":
-            raise
-        print(f"urbanseg: error: {error}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(error, TrainingError) else 2
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every key is checked: an unknown key or a value of the wrong type fails with the dotted key
 named. The resolved config is saved as `config.yaml` in the run directory and inside every
-checkpoint, so a run can always be reproduced from what it wrote.
+checkpoint, so a run can always be reproduced from what it wrote (`engine.checkpoint.resume_config`
+reads it back for `--resume`).
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message starts with the dotted key."""
+from .errors import ConfigError
+from .files import write_text
 
 
 @dataclass
@@ -159,20 +159,12 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return raw
 
 
-def resume_config(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Config:
-    """The config a run was started with (from its last checkpoint), with overrides such as a longer schedule."""
-    from .engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
-    return from_dict(apply_overrides(state["config"], overrides))
-
-
 def from_dict(raw: dict) -> Config:
     return _build(Config, raw, "")
 
 
 def save_config(config: Config, path: Union[str, Path]) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _build(cls, raw: Any, prefix: str):

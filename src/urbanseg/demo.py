@@ -12,9 +12,18 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from .config import load_config
 from .data.prepare import check_cityscapes
 from .data.synth import write_dataset
+from .engine import precision
+from .engine.train import train as train_model
+from .errors import ConfigError, DataError
+from .evaluation import run_evaluation
+from .inference import load
+from .predict import predict_files
+from .report import write_run_figures
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
 RECIPE = RECIPES / "unet_resnet18_adamw_96x192_cpu.yaml"  # CUDA, or a CPU with native bf16
@@ -25,7 +34,7 @@ MARKER = ".urbanseg-demo"
 def _fresh_output(out: Path) -> None:
     """Reuse `out` only if it is empty or an earlier demo's folder, so nothing else is overwritten."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise ValueError(f"{out}: exists and is not a demo folder; choose another --out")
+        raise ConfigError(f"--out {out}: exists and is not a demo folder; choose another --out")
     for part in ("data", "run", "predictions"):
         shutil.rmtree(out / part, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,25 +49,19 @@ GENERATION_SECONDS_PER_MEGAPIXEL = 0.6  # with 2 workers on a 2-core CPU (900 sc
 def run_demo(out: Path, minutes: Optional[float] = None, train: int = 800, val: int = 100,
              size: tuple[int, int] = (96, 192), overrides: Sequence[str] = (), progress: bool = True) -> dict:
     """Run the demo into `out` in about `minutes`; returns the evaluation metrics and the paths written."""
-    from .evaluation import run_evaluation
-    from .inference import load
-    from .predict import predict_files
-    from .report import write_run_figures
-    from .engine.train import train as train_model
-
     started, minutes = time.perf_counter(), MINUTES if minutes is None else minutes
     megapixels = (train + val) * size[0] * size[1] / 1e6
     training_budget(minutes, megapixels * GENERATION_SECONDS_PER_MEGAPIXEL)  # fail before writing anything
     recipe = demo_recipe()
     if not recipe.exists():
-        raise FileNotFoundError(f"{recipe}: the demo recipe is missing (run the demo from a source checkout)")
+        raise ConfigError(f"{recipe}: the demo recipe is missing (run the demo from a source checkout)")
     out = Path(out)
     _fresh_output(out)
     data_root, run_dir = out / "data", out / "run"
     write_dataset(data_root, {"train": train, "val": val}, size=size, seed=0, workers=2)
     report = check_cityscapes(data_root, progress=False)
     if not report.ok:
-        raise ValueError(f"{data_root}: the generated data did not pass the checks:\n{report.format()}")
+        raise DataError(f"{data_root}: the generated data did not pass the checks:\n{report.format()}")
     print(f"[1/5] generated {train} training and {val} validation scenes at {size[0]}x{size[1]} in {data_root} "
           f"({time.perf_counter() - started:.0f} s)")
 
@@ -69,7 +72,7 @@ def run_demo(out: Path, minutes: Optional[float] = None, train: int = 800, val: 
     train_model(cfg, run_dir)
 
     checkpoint = run_dir / "checkpoints" / "best.pt"
-    metrics, eval_dir = run_evaluation(data_root, "val", checkpoint=str(checkpoint), out=run_dir / "eval-val",
+    metrics, eval_dir = run_evaluation(data_root, split="val", checkpoint=str(checkpoint), out=run_dir / "eval-val",
                                        progress=progress)
     print(f"[3/5] evaluated {val} validation images at full resolution: {eval_dir / 'metrics.json'}")
 
@@ -91,22 +94,18 @@ def demo_recipe() -> Path:
     AVX2 CPU, U-Net/ResNet-18 managed ~320 steps in the demo's budget (44-45% mIoU), and U-Net with a
     RegNetX-200MF encoder cut after its 1/16 stage and a slim decoder that stops at 1/2 resolution
     manages ~1000-1100 (~60%). With native bf16 on 2 cores the ResNet-18 recipe trains ~1300 steps to
-    62-64% (README, Measurements).
+    62-64% (configs/synthetic/README.md).
     """
-    import torch
-
-    from .engine.precision import cpu_has_native_bf16
-
-    return RECIPE if torch.cuda.is_available() or cpu_has_native_bf16() else RECIPE_FP32
+    return RECIPE if torch.cuda.is_available() or precision.cpu_has_native_bf16() else RECIPE_FP32
 
 
 def training_budget(minutes: float, elapsed_seconds: float) -> float:
     """Minutes left for training when the demo should end after `minutes` in all."""
     if not math.isfinite(minutes) or minutes <= 0:
-        raise ValueError(f"--minutes {minutes:g}: expected a positive number of minutes")
+        raise ConfigError(f"--minutes {minutes:g}: expected a positive number of minutes")
     left = (minutes * 60 - elapsed_seconds - AFTER_TRAINING_SECONDS) / 60
     if left < 0.5:
-        raise ValueError(f"--minutes {minutes:g}: too short; generating the data takes {elapsed_seconds:.0f} s "
+        raise ConfigError(f"--minutes {minutes:g}: too short; generating the data takes {elapsed_seconds:.0f} s "
                          f"and training needs at least 30 s more (try --minutes {math.ceil(minutes + 1)})")
     return left
 

@@ -8,9 +8,9 @@ are; for Cityscapes, instance-weighted iIoU comes from the `*_instanceIds.png` f
 """
 from __future__ import annotations
 
-import fnmatch
-import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,9 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .config import DataConfig
+from .data import build_dataset
 from .data.dataset import SegmentationDataset
 from .data.io import DataError, read_mask
-from .metrics import ConfusionMatrix, InstanceStats, json_safe, summarize
+from .engine.checkpoint import load_model
+from .errors import ConfigError
+from .files import write_json
+from .inference import Predictor
+from .metrics import ConfusionMatrix, InstanceStats, json_safe, pair_counts, summarize
+from .visualize import plot_class_iou, plot_confusion
 
 
 def _instance_files(dataset: SegmentationDataset) -> Optional[list[Path]]:
@@ -47,7 +54,7 @@ def evaluate_predictor(predictor, dataset: SegmentationDataset, mode: str = "who
     """Metrics of a Predictor on every image of `dataset` (loaded at full resolution, no transform)."""
     labels = dataset.labels
     if predictor.labels.class_names != labels.class_names:
-        raise ValueError(f"the checkpoint predicts {predictor.labels.num_classes} classes "
+        raise ConfigError(f"the checkpoint predicts {predictor.labels.num_classes} classes "
                          f"({', '.join(predictor.labels.class_names[:3])}, ...) but the dataset has "
                          f"{labels.num_classes} ({', '.join(labels.class_names[:3])}, ...)")
     matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
@@ -63,35 +70,111 @@ def evaluate_predictor(predictor, dataset: SegmentationDataset, mode: str = "who
 
 
 def evaluate_prediction_files(pred_dir: str | os.PathLike, dataset: SegmentationDataset,
-                              progress: bool = True) -> dict:
-    """Score prediction PNGs (Cityscapes labelIds) found anywhere under `pred_dir`."""
+                              progress: bool = True, workers: Optional[int] = None) -> dict:
+    """Score prediction PNGs (Cityscapes labelIds) found anywhere under `pred_dir`.
+
+    `workers` images (default: one per CPU core) are read and counted at once, each into one
+    256x256 histogram of (truth, prediction) label ids plus its iIoU stats; these are summed in
+    sample order, so the numbers do not depend on `workers`, and memory stays flat.
+    """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(f"{pred_dir}: prediction folder not found")
-    files = [Path(root) / f for root, _, names in os.walk(pred_dir) for f in names if f.endswith(".png")]
+    found = _find_predictions(pred_dir, [sample.name for sample in dataset.samples])
     labels = dataset.labels
-    matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
     instance_files = _instance_files(dataset)
+    jobs = [(pred_dir, sample, found.get(sample.name, []), instance_files[i] if instance_files else None, labels)
+            for i, sample in enumerate(dataset.samples)]
+    pairs = np.zeros((256, 256), np.int64)
     instances = InstanceStats() if instance_files else None
-    for index, sample in enumerate(tqdm(dataset.samples, desc="evaluate", disable=not progress)):
-        matches = [f for f in files if fnmatch.fnmatch(f.name, f"{sample.name}*.png")]
-        if not matches:
-            raise DataError(f"{pred_dir}: no prediction {sample.name}*.png for {sample.mask}")
-        if len(matches) > 1:
-            raise DataError(f"{pred_dir}: several predictions match {sample.name}*.png ({matches[0].name}, {matches[1].name})")
-        pred_ids = read_mask(matches[0])
-        if pred_ids.ndim != 2:
-            raise DataError(f"{matches[0]}: expected a single-channel labelIds image")
-        gt_raw = read_mask(sample.mask)
-        gt = labels.encode(gt_raw, source=str(sample.mask))
-        if pred_ids.shape != gt.shape:
-            raise DataError(f"{matches[0]}: size {pred_ids.shape[1]}x{pred_ids.shape[0]} differs from the ground "
-                            f"truth {sample.mask} ({gt.shape[1]}x{gt.shape[0]})")
-        pred = labels.encode(pred_ids, source=str(matches[0]))  # void ids -> 255, counted as 'no class'
-        matrix.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    for image_pairs, image_instances in tqdm(_in_order(_count_prediction, jobs, workers), total=len(jobs),
+                                             desc="evaluate", disable=not progress):
+        pairs += image_pairs
         if instances is not None:
-            instances.update(pred_ids, read_mask(instance_files[index]), gt_raw)
+            instances.merge(image_instances)
+    matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
+    matrix.add_pairs(pairs, labels.raw_to_train)  # void ids -> 255 (ignored truth / 'no class' prediction)
     return _summary(matrix, labels, instances)
+
+
+def _find_predictions(pred_dir: Path, names: Sequence[str]) -> dict[str, list[Path]]:
+    """The `<name>*.png` files under `pred_dir` of each sample name, in walk order: one walk and a
+    set look-up per file and name length, instead of matching every file against every sample."""
+    wanted = set(names)
+    lengths = sorted({len(name) for name in wanted})
+    found: dict[str, list[Path]] = {}
+    for root, _, files in os.walk(pred_dir):
+        for file in files:
+            for k in lengths:
+                if file[:k] in wanted and file[k:].endswith(".png"):
+                    found.setdefault(file[:k], []).append(Path(root) / file)
+    return found
+
+
+def _count_prediction(pred_dir: Path, sample, matches: list[Path], instance_file: Optional[Path], labels):
+    """One image's (truth, prediction) label-id histogram and, with an instance file, its iIoU stats."""
+
+    if not matches:
+        raise DataError(f"{pred_dir}: no prediction {sample.name}*.png for {sample.mask}")
+    if len(matches) > 1:
+        raise DataError(f"{pred_dir}: several predictions match {sample.name}*.png ({matches[0].name}, {matches[1].name})")
+    pred_ids = read_mask(matches[0])
+    if pred_ids.ndim != 2:
+        raise DataError(f"{matches[0]}: expected a single-channel labelIds image")
+    gt_ids = read_mask(sample.mask)
+    if pred_ids.shape != gt_ids.shape:
+        labels.encode(gt_ids, source=str(sample.mask))  # an unknown truth value is reported first, as always
+        raise DataError(f"{matches[0]}: size {pred_ids.shape[1]}x{pred_ids.shape[0]} differs from the ground "
+                        f"truth {sample.mask} ({gt_ids.shape[1]}x{gt_ids.shape[0]})")
+    gt_ids, pred_ids = _uint8_ids(gt_ids, sample.mask, labels), _uint8_ids(pred_ids, matches[0], labels)
+    pairs = pair_counts(gt_ids, pred_ids)
+    unknown = ~labels.known_raw
+    for ids, path, counts in ((gt_ids, sample.mask, pairs[unknown]), (pred_ids, matches[0], pairs[:, unknown])):
+        if counts.any():
+            labels.encode(ids, source=str(path))  # raises, naming the file and the values
+    instances = None
+    if instance_file is not None:
+        instance_ids = read_mask(instance_file)
+        instances = InstanceStats()
+        instances.count_pairs(pairs)
+        try:
+            instances.count_instances(pred_ids, instance_ids)
+        except ValueError as error:  # a size mismatch, or instances of a class without any
+            raise DataError(f"{instance_file}: {error}") from None
+    return pairs, instances
+
+
+def _uint8_ids(ids: np.ndarray, path: Path, labels) -> np.ndarray:
+    if ids.dtype == np.uint8:
+        return ids
+    labels.encode(ids, source=str(path))  # rare (e.g. 16-bit PNGs): raises on values outside 0..255 or unknown
+    return ids.astype(np.uint8)
+
+
+def _in_order(function, jobs: Sequence[tuple], workers: Optional[int] = None):
+    """`function(*job)` of each job, yielded in job order, `workers` at a time in threads (OpenCV
+    decodes and NumPy counts without holding the GIL). At most 2 x `workers` jobs are submitted
+    ahead, so memory stays flat; the first job to fail (in job order) raises, and jobs not yet
+    started are dropped."""
+
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        yield from (function(*job) for job in jobs)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(function, *job))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _summary(matrix: ConfusionMatrix, labels, instances: Optional[InstanceStats]) -> dict:
@@ -126,38 +209,26 @@ def _pct(value: float) -> str:
 
 
 def write_metrics(metrics: dict, settings: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "metrics.json"
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(json_safe({**metrics, "settings": settings}), indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_json(out / "metrics.json", json_safe({**metrics, "settings": settings}))
 
 
-def run_evaluation(data_root: str | os.PathLike, split: str = "val", checkpoint: Optional[str] = None,
+def run_evaluation(data_root: str | os.PathLike, *, split: str = "val", checkpoint: Optional[str] = None,
                    predictions: Optional[str] = None, dataset: Optional[str] = None, mode: str = "whole",
                    scales: Sequence[float] = (1.0,), flip: bool = False, out: Optional[str | os.PathLike] = None,
                    device: str = "auto", progress: bool = True) -> tuple[dict, Path]:
     """Everything `urbanseg evaluate` does: score, write metrics.json and the two figures."""
-    from .config import DataConfig
-    from .engine.data import build_dataset
-    from .visualize import plot_class_iou, plot_confusion
-
     if (checkpoint is None) == (predictions is None):
-        raise ValueError("evaluate: give either a checkpoint or --predictions DIR (not both)")
+        raise ConfigError("evaluate: give either a checkpoint or --predictions DIR (not both)")
     data_cfg = DataConfig(dataset=dataset or "cityscapes")
     predictor = None
     if checkpoint is not None:
-        from .engine.checkpoint import load_checkpoint
-        from .inference import Predictor
-
-        saved = load_checkpoint(checkpoint)["config"]["data"]
-        data_cfg = DataConfig(dataset=dataset or saved["dataset"], classes=saved["classes"],
-                              class_names=saved["class_names"], ignore_index=saved["ignore_index"],
-                              palette=saved["palette"])
-        predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        loaded = load_model(checkpoint)
+        saved = loaded.config.data  # the class set the model was trained on, at full resolution, uncached
+        data_cfg = DataConfig(dataset=dataset or saved.dataset, classes=saved.classes, class_names=saved.class_names,
+                              ignore_index=saved.ignore_index, palette=saved.palette)
+        predictor = Predictor(loaded.model, loaded.labels, loaded.preset, device=device)
     data_cfg.root = str(data_root)
-    data_set = build_dataset(data_cfg, split)  # no load_size, no cache: full ground-truth resolution
+    data_set = build_dataset(data_cfg, split)
     if predictor is not None:
         metrics = evaluate_predictor(predictor, data_set, mode, scales, flip, progress)
     else:

@@ -12,67 +12,41 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import from_dict
 from .data.io import read_image
 from .data.labels import LabelSet
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .engine.checkpoint import load_checkpoint
+from .data.preset import Preset
+from .engine.checkpoint import load_model
 from .engine.precision import pick_device, pick_precision
-from .models import create_model
+from .errors import ConfigError
 
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
-def label_set_from_checkpoint(info: dict) -> LabelSet:
-    """Rebuild the LabelSet a checkpoint was trained with (names, palette, ignore index)."""
-    n = len(info["class_names"])
-    raw_to_train = np.full(256, info["ignore_index"], np.uint8)
-    raw_to_train[:n] = np.arange(n)
-    known = np.zeros(256, bool)
-    known[:n] = True
-    train_to_raw = info.get("train_to_raw")
-    return LabelSet(
-        name=info["name"], class_names=tuple(info["class_names"]), palette=np.array(info["palette"], np.uint8),
-        raw_to_train=raw_to_train, known_raw=known, ignore_index=info["ignore_index"],
-        categories=tuple(info.get("categories") or ()),
-        train_to_raw=np.array(train_to_raw, np.uint8) if train_to_raw is not None else None,
-    )
-
-
 class Predictor:
-    def __init__(self, model: torch.nn.Module, labels: LabelSet, base_size: Optional[Sequence[int]] = None,
-                 window: Optional[Sequence[int]] = None, device: str = "auto", precision: str = "auto"):
+    """A model, the labels it predicts and the preprocessing preset it was trained with."""
+
+    def __init__(self, model: torch.nn.Module, labels: LabelSet, preset: Preset = Preset(), device: str = "auto",
+                 precision: str = "auto"):
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.labels = labels
-        self.base_size = tuple(base_size) if base_size else None  # (h, w) the model saw in validation
-        self.window = tuple(window) if window else None  # (h, w) sliding-window size
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self.preset = preset
+        self.window = preset.window  # (h, w) of sliding windows; may be changed
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> "Predictor":
-        state = load_checkpoint(path)
-        cfg = from_dict(state["config"])
-        labels = label_set_from_checkpoint(state["labels"])
-        model = create_model(cfg.model.name, labels.num_classes, encoder=cfg.model.encoder, encoder_weights=None,
-                             **cfg.model.options)
-        weights = state["model"]
-        if state.get("ema"):  # evaluate what validation evaluated: the EMA weights when there are some
-            weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-        model.load_state_dict(weights)
-        # validation saw images at val_resize, else at the size they were loaded at
-        return cls(model, labels, cfg.data.val_resize or cfg.data.load_size, cfg.data.crop, device, precision)
+        loaded = load_model(path)
+        return cls(loaded.model, loaded.labels, loaded.preset, device, precision)
 
     # ------------------------------------------------------------------ public API
     def predict(self, image: ImageInput, **options) -> np.ndarray:
@@ -89,13 +63,13 @@ class Predictor:
         flip: also predict the mirrored image. Probabilities of all passes are averaged.
         """
         if mode not in ("whole", "slide"):
-            raise ValueError(f"mode: expected 'whole' or 'slide', got '{mode}'")
+            raise ConfigError(f"mode: expected 'whole' or 'slide', got '{mode}'")
         array = as_rgb_array(image)
         height, width = array.shape[:2]
         # a copy only when the array is read-only or strided (from_numpy warns on read-only arrays)
         x = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(self.device).permute(2, 0, 1)[None].float()
-        x = (x - self._mean) / self._std
-        base = self.base_size or (height, width)
+        x = self.preset.normalize(x)
+        base = self.preset.input_size or (height, width)
         total = torch.zeros(1, self.labels.num_classes, height, width, device=self.device)
         passes = 0
         for scale in scales:
@@ -114,10 +88,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ internals
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.precision.autocast():
-            return self.model(x).float()
+        return self.precision.forward(self.model, x)
 
     def _slide(self, x: torch.Tensor, overlap: float = 1 / 3) -> torch.Tensor:
         """Logits averaged over overlapping windows; an image that fits one window is one pass."""
@@ -147,9 +118,9 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"image: expected HxWx3 RGB, got an array of shape {array.shape}")
+        raise ConfigError(f"image: expected HxWx3 RGB, got an array of shape {array.shape}")
     if array.dtype != np.uint8:
-        raise ValueError(f"image: expected uint8 values, got {array.dtype}")
+        raise ConfigError(f"image: expected uint8 values, got {array.dtype}")
     return array[..., :3]
 
 

@@ -1,6 +1,6 @@
 """Segmentation losses, all ignore-aware and finite on batches where every pixel is ignored.
 
-`build_loss(cfg, num_classes, ignore_index, class_weights)` returns a weighted sum of terms
+`build_loss(cfg, ignore_index, class_weights)` returns a weighted sum of terms
 (`{ce: 1.0, dice: 1.0}`; cross-entropy and Dice together run as one fused term); class weights
 for cross-entropy can be computed from training label frequencies with `class_weights_from_counts`
 (ENet's inverse log frequency or median frequency).
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .errors import ConfigError
 
 
 class CrossEntropy(nn.Module):
@@ -191,7 +193,7 @@ LOSSES = ("ce", "dice", "focal", "ohem")
 def build_loss(cfg, ignore_index: int = 255, class_weights: Optional[Sequence[float]] = None) -> nn.Module:
     """The loss of a `LossConfig`; `class_weights` (resolved from cfg.class_weights) go to CE, focal and OHEM."""
     if not cfg.terms:
-        raise ValueError("loss.terms: at least one loss term is needed")
+        raise ConfigError("loss.terms: at least one loss term is needed")
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
     terms, weights = {}, dict(cfg.terms)
     if "ce" in cfg.terms and "dice" in cfg.terms and not cfg.label_smoothing:  # the same sum, computed faster
@@ -209,7 +211,7 @@ def build_loss(cfg, ignore_index: int = 255, class_weights: Optional[Sequence[fl
         elif name == "ohem":
             terms[name] = OhemCrossEntropy(ignore_index, cfg.ohem_threshold, cfg.ohem_min_kept, weight)
         else:
-            raise ValueError(f"loss.terms.{name}: unknown loss (expected one of {', '.join(LOSSES)})")
+            raise ConfigError(f"loss.terms.{name}: unknown loss (expected one of {', '.join(LOSSES)})")
     return WeightedSum(terms, weights)
 
 
@@ -231,7 +233,7 @@ def class_weights_from_counts(pixel_counts: np.ndarray, image_pixels: np.ndarray
         median = np.median(observed) if observed.size else 1.0
         weights = np.where(freq > 0, median / np.maximum(freq, 1e-12), 0.0)
     else:
-        raise ValueError(f"loss.class_weights: expected auto, enet, median or a list, got '{method}'")
+        raise ConfigError(f"loss.class_weights: expected auto, enet, median or a list, got '{method}'")
     absent = counts == 0
     if absent.any() and (~absent).any():
         weights[absent] = weights[~absent].max()

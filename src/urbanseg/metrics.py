@@ -1,18 +1,23 @@
 """Metrics from one confusion matrix, accumulated with `bincount` on the device.
 
 `ConfusionMatrix.update(pred, target)` counts pixels (rows = ground truth, columns = prediction),
-skipping ignored ground truth; `reduce()` sums it across ranks exactly once; `summarize()`
-derives every number from the matrix. Classes absent from both prediction and ground truth get
-NaN and are left out of the means, as in the official Cityscapes evaluation.
+skipping ignored ground truth (`add_pairs` does the same from a `pair_counts` histogram of raw
+label values); `reduce()` sums it across ranks exactly once; `summarize()` derives every number
+from the matrix. Classes absent from both prediction and ground truth get NaN and are left out of
+the means, as in the official Cityscapes evaluation. `InstanceStats` adds the instance-weighted
+Cityscapes iIoU.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Optional, Sequence
+from functools import lru_cache
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .data.labels import CITYSCAPES_LABELS
 
 
 class ConfusionMatrix:
@@ -38,6 +43,20 @@ class ConfusionMatrix:
         counts = torch.bincount(target * (n + 1) + pred, minlength=n * (n + 1))
         self.matrix += counts.view(n, n + 1).to(self.matrix.device)
 
+    def add_pairs(self, pairs: np.ndarray, raw_to_class: np.ndarray) -> None:
+        """Count a `pair_counts(raw truth, raw prediction)` histogram, mapping raw values to classes
+        with the lookup table `raw_to_class` (a LabelSet's `raw_to_train`): the counts `update` gives
+        for the mapped maps, from a 256x256 table instead of several passes over every pixel."""
+        n = self.num_classes
+        classes = raw_to_class.astype(np.int64)
+        rows = (classes != self.ignore_index) & (pairs.sum(axis=1) > 0)
+        if (classes[rows] >= n).any():
+            raise ValueError(f"ground-truth class index {int(classes[rows].max())} outside 0..{n - 1}")
+        columns = np.where((classes >= 0) & (classes < n), classes, n)  # anything else: the 'no class' column
+        counts = np.zeros((n, n + 1), np.int64)
+        np.add.at(counts, (classes[rows][:, None], columns[None, :]), pairs[rows])
+        self.matrix += torch.from_numpy(counts).to(self.matrix.device)
+
     def reduce(self) -> None:
         """Sum the matrices of all ranks (call once, after the last update)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -46,6 +65,21 @@ class ConfusionMatrix:
     def summarize(self, class_names: Optional[Sequence[str]] = None,
                   categories: Optional[Sequence[str]] = None) -> dict:
         return summarize(self.matrix.cpu().numpy(), class_names, categories)
+
+
+def pair_counts(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(256, 256) int64 counts of (truth value, predicted value) pairs of two uint8 maps of one shape.
+
+    One `bincount` per image holds all an evaluation of raw label files needs: the confusion matrix
+    of any class set (`ConfusionMatrix.add_pairs`), which values occur (unknown-value checks), and
+    the iIoU false positives of ignored labels (`InstanceStats.count_pairs`)."""
+    if truth.dtype != np.uint8 or pred.dtype != np.uint8:
+        raise TypeError(f"pair_counts: expected uint8 maps, got {truth.dtype} (truth) and {pred.dtype} (prediction)")
+    if truth.shape != pred.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {truth.shape}")
+    key = truth.astype(np.uint16) << 8
+    key |= pred
+    return np.bincount(key.ravel(), minlength=1 << 16).reshape(256, 256)
 
 
 def summarize(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None,
@@ -72,8 +106,8 @@ def summarize(matrix: np.ndarray, class_names: Optional[Sequence[str]] = None,
         "mean_accuracy": _nanmean(recall),
         "fw_iou": float(np.nansum(frequency * iou)) if total else float("nan"),
         "per_class": {
-            name: {"iou": _f(iou[i]), "precision": _f(precision[i]), "recall": _f(recall[i]), "f1": _f(f1[i]),
-                   "pixels": int(gt[i])}
+            name: {"iou": float(iou[i]), "precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "pixels": int(gt[i])}
             for i, name in enumerate(names)
         },
         "confusion_matrix": matrix[:, :n].astype(np.int64).tolist(),
@@ -96,16 +130,12 @@ def category_metrics(matrix: np.ndarray, categories: Sequence[str]) -> dict:
     union = matrix.sum(1) @ rows + merged.sum(0) - tp  # row sums include the 'no class' column
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
-    return {"category_miou": _nanmean(iou), "per_category": {name: _f(iou[i]) for i, name in enumerate(names)}}
+    return {"category_miou": _nanmean(iou), "per_category": {name: float(iou[i]) for i, name in enumerate(names)}}
 
 
 def _nanmean(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else float("nan")
-
-
-def _f(value: float) -> float:
-    return float(value)
 
 
 # Average instance size per class over the Cityscapes training set, from cityscapesscripts'
@@ -117,28 +147,56 @@ CITYSCAPES_AVG_INSTANCE_SIZE = {
 }
 
 
+class _InstanceTables(NamedTuple):
+    """Cityscapes label facts iIoU needs, as lookup tables indexed by label id (0..255)."""
+
+    by_name: dict  # label name -> Label
+    categories: tuple[str, ...]  # categories whose every label has instances (human, vehicle)
+    counted: np.ndarray  # bool: instances of this label count (a known label, not ignored in evaluation)
+    avg_size: np.ndarray  # float: the label's average instance size, NaN for labels without one
+    category_of: np.ndarray  # int: index in `categories` of the label's category, -1 for other categories
+    extra_fp: tuple[tuple[list[int], list[int]], ...]  # per category: (other categories' truth ids, its ignored ids)
+
+
+@lru_cache(maxsize=1)
+def _instance_tables() -> _InstanceTables:
+    labels = [label for label in CITYSCAPES_LABELS if label.id >= 0]
+    by_category = defaultdict(list)
+    for label in labels:
+        by_category[label.category].append(label)
+    categories = tuple(c for c, members in by_category.items() if all(l.has_instances for l in members))
+    counted, avg_size = np.zeros(256, bool), np.full(256, np.nan)
+    category_of = np.full(256, -1, np.int8)
+    for label in labels:
+        counted[label.id] = not label.ignore_in_eval
+        avg_size[label.id] = CITYSCAPES_AVG_INSTANCE_SIZE.get(label.name, np.nan)
+        if label.category in categories:
+            category_of[label.id] = categories.index(label.category)
+    # Predictions of a category's ignored labels (caravan, trailer) on other categories' truth are
+    # false positives of its iIoU in the official script, though no class column holds them.
+    extra_fp = tuple(
+        ([l.id for l in labels if not l.ignore_in_eval and l.category != category],
+         [l.id for l in by_category[category] if l.ignore_in_eval])
+        for category in categories
+    )
+    return _InstanceTables({l.name: l for l in labels}, categories, counted, avg_size, category_of, extra_fp)
+
+
 class InstanceStats:
     """Instance-weighted true positives and false negatives for Cityscapes iIoU.
 
     `update` takes a prediction and a ground-truth instance map (`*_gtFine_instanceIds.png`), both
     in Cityscapes label ids; `summarize` combines them with the confusion matrix's false positives.
+    Stats of separate images add up with `merge`, so images can be counted apart (in parallel) and
+    summed in a fixed order, which keeps the result independent of how the work was split.
     """
 
     def __init__(self):
-        from .data.labels import CITYSCAPES_LABELS
-
-        self.labels = {l.id: l for l in CITYSCAPES_LABELS if l.id >= 0}
-        self.class_tp = defaultdict(float)
-        self.class_fn = defaultdict(float)
-        self.category_tp = defaultdict(float)
-        self.category_fn = defaultdict(float)
-        self.category_extra_fp = defaultdict(float)
-        # categories whose every label has instances (human, vehicle), with their label ids
-        by_category = defaultdict(list)
-        for label in CITYSCAPES_LABELS:
-            if label.id >= 0:
-                by_category[label.category].append(label)
-        self.category_ids = {c: [l.id for l in ls] for c, ls in by_category.items() if all(l.has_instances for l in ls)}
+        self.tables = _instance_tables()
+        categories = len(self.tables.categories)
+        self.class_tp, self.class_fn = np.zeros(256), np.zeros(256)  # indexed by label id
+        self.category_tp, self.category_fn = np.zeros(categories), np.zeros(categories)  # by category index
+        self.category_extra_fp = np.zeros(categories)
 
     def update(self, pred_label_ids: np.ndarray, instance_ids: np.ndarray,
                gt_label_ids: Optional[np.ndarray] = None) -> None:
@@ -146,36 +204,57 @@ class InstanceStats:
         category (caravan, trailer) on other categories' ground truth are false positives of that
         category's iIoU in the official script, though no class column holds them."""
         if gt_label_ids is not None:
-            self._count_ignored_label_false_positives(pred_label_ids, gt_label_ids)
-        things = instance_ids > 1000
-        if not things.any():
-            return
-        ids, inverse = np.unique(instance_ids[things], return_inverse=True)
-        sizes = np.bincount(inverse).astype(np.float64)
-        label_ids = ids // 1000
-        pred = pred_label_ids[things]
-        hits = np.bincount(inverse, weights=(pred == label_ids[inverse]), minlength=len(ids))
-        category_hits = {c: np.bincount(inverse, weights=np.isin(pred, label_list), minlength=len(ids))
-                         for c, label_list in self.category_ids.items()}
-        for k, label_id in enumerate(label_ids):
-            label = self.labels.get(int(label_id))
-            if label is None or label.ignore_in_eval:
-                continue
-            weight = CITYSCAPES_AVG_INSTANCE_SIZE[label.name] / sizes[k]
-            self.class_tp[label.name] += hits[k] * weight
-            self.class_fn[label.name] += (sizes[k] - hits[k]) * weight
-            if label.category in self.category_ids:
-                in_category = category_hits[label.category][k]
-                self.category_tp[label.category] += in_category * weight
-                self.category_fn[label.category] += (sizes[k] - in_category) * weight
+            self.count_pairs(pair_counts(_clip_to_uint8(gt_label_ids), _clip_to_uint8(pred_label_ids)))
+        self.count_instances(pred_label_ids, instance_ids)
 
-    def _count_ignored_label_false_positives(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        for category, ids in self.category_ids.items():
-            ignored = [i for i in ids if self.labels[i].ignore_in_eval]
-            if not ignored:
-                continue
-            other_gt = [i for i, l in self.labels.items() if not l.ignore_in_eval and l.category != category]
-            self.category_extra_fp[category] += float((np.isin(pred, ignored) & np.isin(gt, other_gt)).sum())
+    def count_pairs(self, pairs: np.ndarray) -> None:
+        """The false positives `update` counts from `gt_label_ids`, read off a
+        `pair_counts(gt label ids, predicted label ids)` histogram instead."""
+        for k, (truth, predicted) in enumerate(self.tables.extra_fp):
+            self.category_extra_fp[k] += float(pairs[np.ix_(truth, predicted)].sum())
+
+    def count_instances(self, pred_label_ids: np.ndarray, instance_ids: np.ndarray) -> None:
+        """Pixels of each ground-truth instance (id = label id * 1000 + k, above 1000) predicted as its
+        label and as its category, weighted by the label's average instance size / the instance's size."""
+        if pred_label_ids.shape != instance_ids.shape:
+            raise ValueError(f"prediction shape {pred_label_ids.shape} differs from instance ids {instance_ids.shape}")
+        t = self.tables
+        things = np.flatnonzero(instance_ids > 1000)  # only these pixels matter: no per-instance mask
+        if not things.size:
+            return
+        ids = instance_ids.ravel()[things]
+        pred = _clip_to_uint8(pred_label_ids.ravel()[things])
+        pixel_label = np.minimum(ids // 1000, 255)  # label ids above 255 are no label, and neither is 255
+        pixel_category = t.category_of[pixel_label]
+        in_category = (t.category_of[pred] == pixel_category) & (pixel_category >= 0)
+        sizes = np.bincount(ids)
+        hits = np.bincount(ids[pred == pixel_label], minlength=sizes.size)
+        category_hits = np.bincount(ids[in_category], minlength=sizes.size)
+
+        present = np.flatnonzero(sizes)
+        label = present // 1000
+        keep = t.counted[np.minimum(label, 255)]  # label ids above 255 are no label (counted[255] is False)
+        present, label = present[keep], label[keep]
+        weight = t.avg_size[label] / sizes[present]
+        if np.isnan(weight).any():
+            bad = int(present[np.isnan(weight)][0])
+            raise ValueError(f"instance id {bad}: label id {bad // 1000} is not an instance class of the "
+                             f"official iIoU ({', '.join(CITYSCAPES_AVG_INSTANCE_SIZE)})")
+        # np.add.at adds in index order, so the sums do not depend on anything but the image
+        np.add.at(self.class_tp, label, hits[present] * weight)
+        np.add.at(self.class_fn, label, (sizes[present] - hits[present]) * weight)
+        category = t.category_of[label]
+        tracked = category >= 0
+        np.add.at(self.category_tp, category[tracked], (category_hits[present] * weight)[tracked])
+        np.add.at(self.category_fn, category[tracked], ((sizes[present] - category_hits[present]) * weight)[tracked])
+
+    def merge(self, other: "InstanceStats") -> None:
+        """Add the counts of other images (e.g. one image counted by a worker)."""
+        self.class_tp += other.class_tp
+        self.class_fn += other.class_fn
+        self.category_tp += other.category_tp
+        self.category_fn += other.category_fn
+        self.category_extra_fp += other.category_extra_fp
 
     def summarize(self, matrix: np.ndarray, class_names: Sequence[str], categories: Sequence[str]) -> dict:
         """iIoU per class and category (official formulas), from the class-space confusion matrix."""
@@ -183,24 +262,30 @@ class InstanceStats:
         m = matrix[:, :n].astype(np.float64)
         per_class, per_category = {}, {}
         for i, name in enumerate(class_names):
-            label = next((l for l in self.labels.values() if l.name == name), None)
+            label = self.tables.by_name.get(name)
             if label is None or not label.has_instances or label.ignore_in_eval:
                 continue
             fp = m[:, i].sum() - m[i, i]
-            per_class[name] = _iou(self.class_tp[name], fp, self.class_fn[name])
-        for category in self.category_ids:
+            per_class[name] = _iou(self.class_tp[label.id], fp, self.class_fn[label.id])
+        for k, category in enumerate(self.tables.categories):
             columns = [i for i, c in enumerate(categories) if c == category]
             if not columns:
                 continue
             others = [i for i, c in enumerate(categories) if c != category]
-            fp = m[np.ix_(others, columns)].sum() + self.category_extra_fp[category]
-            per_category[category] = _iou(self.category_tp[category], fp, self.category_fn[category])
+            fp = m[np.ix_(others, columns)].sum() + self.category_extra_fp[k]
+            per_category[category] = _iou(self.category_tp[k], fp, self.category_fn[k])
         return {
             "iiou": _nanmean(np.array(list(per_class.values()) or [np.nan])),
             "per_class_iiou": per_class,
             "category_iiou": _nanmean(np.array(list(per_category.values()) or [np.nan])),
             "per_category_iiou": per_category,
         }
+
+
+def _clip_to_uint8(label_ids: np.ndarray) -> np.ndarray:
+    # Values outside 0..255 are no Cityscapes label; clipped, they become 0 (unlabeled: void, ignored)
+    # or 255 (no label), which no instance, class or category list that iIoU reads holds either.
+    return label_ids if label_ids.dtype == np.uint8 else np.clip(label_ids, 0, 255).astype(np.uint8)
 
 
 def _iou(tp: float, fp: float, fn: float) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
@@ -43,4 +45,4 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
-    raise ValueError(f"optim.name: unknown optimizer '{cfg.name}' (expected one of {', '.join(OPTIMIZERS)})")
+    raise ConfigError(f"optim.name: unknown optimizer '{cfg.name}' (expected one of {', '.join(OPTIMIZERS)})")

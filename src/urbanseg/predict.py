@@ -12,17 +12,52 @@ Unreadable inputs are reported by name and skipped; the others are still written
 from __future__ import annotations
 
 import glob
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from .data.io import IMAGE_SUFFIXES, DataError, read_image, write_png
+from .data.labels import LabelSet
+from .errors import ConfigError
+from .files import atomic_write
 from .visualize import entropy_image, legend_strip, overlay
 
-FORMATS = ("color", "overlay", "labelids", "trainids", "probs", "entropy")
+
+
+
+@dataclass
+class Prediction:
+    """One input image and what the model made of it: what every output format is drawn from."""
+
+    image: np.ndarray  # HxWx3 uint8 RGB
+    probs: np.ndarray  # CxHxW float32
+    pred: np.ndarray  # HxW uint8 class indices
+    labels: LabelSet
+    opacity: float
+
+
+def _overlay(p: Prediction) -> np.ndarray:
+    blended = overlay(p.image, p.labels.colorize(p.pred), p.opacity)
+    return np.concatenate([blended, legend_strip(p.labels, np.unique(p.pred).tolist(), blended.shape[1])], axis=0)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda handle: np.save(handle, array))
+
+
+# format -> (file name suffix, what to write, how to save it)
+WRITERS: dict[str, tuple[str, Callable[[Prediction], np.ndarray], Callable[[Path, np.ndarray], None]]] = {
+    "color": ("_color.png", lambda p: p.labels.colorize(p.pred), write_png),
+    "overlay": ("_overlay.png", _overlay, write_png),
+    "labelids": ("_labelIds.png", lambda p: p.labels.train_to_raw[p.pred], write_png),
+    "trainids": ("_trainIds.png", lambda p: p.pred, write_png),
+    "probs": ("_probs.npy", lambda p: p.probs.astype(np.float16), _save_npy),
+    "entropy": ("_entropy.png", lambda p: entropy_image(p.probs), write_png),
+}
+FORMATS = tuple(WRITERS)
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -50,7 +85,7 @@ def parse_formats(text: str) -> list[str]:
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ValueError(f"--format: unknown format '{unknown[0] if unknown else text}' (expected {', '.join(FORMATS)})")
+        raise ConfigError(f"--format: unknown format '{unknown[0] if unknown else text}' (expected {', '.join(FORMATS)})")
     return formats
 
 
@@ -58,8 +93,10 @@ def predict_files(predictor, inputs: Iterable[Path], out: Path, formats: Sequenc
                   mode: str = "whole", scales: Sequence[float] = (1.0,), flip: bool = False,
                   progress: bool = True) -> tuple[list[Path], list[str]]:
     """Write the requested outputs for every input; returns (written files, problems)."""
-    out.mkdir(parents=True, exist_ok=True)
     labels = predictor.labels
+    if "labelids" in formats and labels.train_to_raw is None:
+        raise ConfigError("--format labelids: this model's classes have no label ids; use trainids")
+    out.mkdir(parents=True, exist_ok=True)
     written, problems = [], []
     stems: dict[str, Path] = {}
     for path in tqdm(list(inputs), desc="predict", disable=not progress):
@@ -73,32 +110,10 @@ def predict_files(predictor, inputs: Iterable[Path], out: Path, formats: Sequenc
             problems.append(str(error))
             continue
         probs = predictor.predict_proba(image, mode=mode, scales=scales, flip=flip)
-        pred = probs.argmax(axis=0).astype(np.uint8)
-        base = out / path.stem
+        prediction = Prediction(image, probs, probs.argmax(axis=0).astype(np.uint8), labels, opacity)
         for fmt in formats:
-            if fmt == "color":
-                target = base.with_name(f"{path.stem}_color.png")
-                write_png(target, labels.colorize(pred))
-            elif fmt == "overlay":
-                target = base.with_name(f"{path.stem}_overlay.png")
-                blended = overlay(image, labels.colorize(pred), opacity)
-                legend = legend_strip(labels, np.unique(pred).tolist(), blended.shape[1])
-                write_png(target, np.concatenate([blended, legend], axis=0))
-            elif fmt == "labelids":
-                if labels.train_to_raw is None:
-                    raise ValueError("--format labelids: this model's classes have no label ids; use trainids")
-                target = base.with_name(f"{path.stem}_labelIds.png")
-                write_png(target, labels.train_to_raw[pred])
-            elif fmt == "trainids":
-                target = base.with_name(f"{path.stem}_trainIds.png")
-                write_png(target, pred)
-            elif fmt == "probs":
-                target = base.with_name(f"{path.stem}_probs.npy")
-                tmp = target.with_name(f".{target.name}.tmp.npy")
-                np.save(tmp, probs.astype(np.float16))
-                os.replace(tmp, target)
-            else:
-                target = base.with_name(f"{path.stem}_entropy.png")
-                write_png(target, entropy_image(probs))
+            suffix, render, save = WRITERS[fmt]
+            target = out / f"{path.stem}{suffix}"
+            save(target, render(prediction))
             written.append(target)
     return written, problems

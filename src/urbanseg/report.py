@@ -14,18 +14,19 @@ from typing import Optional
 
 import numpy as np
 
+from .data.labels import LabelSet
+from .engine.checkpoint import load_labels
+from .errors import CheckpointError, DataError
+from .files import write_text
 from .visualize import plot_class_iou, plot_confusion, plot_curves
 
 
-def _labels_of_run(run_dir: Path):
-    from .engine.checkpoint import load_checkpoint
-    from .inference import label_set_from_checkpoint
-
+def _labels_of_run(run_dir: Path) -> LabelSet:
     for name in ("last.pt", "best.pt"):
         path = run_dir / "checkpoints" / name
         if path.exists():
-            return label_set_from_checkpoint(load_checkpoint(path)["labels"])
-    raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no checkpoint to read the class names from")
+            return load_labels(path)
+    raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint to read the class names from")
 
 
 def _final_metrics(run_dir: Path) -> tuple[Optional[dict], str]:
@@ -41,7 +42,7 @@ def write_run_figures(run_dir: str | Path) -> list[Path]:
     """Curves, per-class IoU and confusion matrix as PNG under RUN_DIR/figures, then report.html."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.csv").exists():
-        raise FileNotFoundError(f"{run_dir}: no metrics.csv (is this a run directory?)")
+        raise DataError(f"{run_dir}: no metrics.csv (is this a run directory?)")
     figures = run_dir / "figures"
     written = [plot_curves(run_dir / "metrics.csv", figures / "curves.png")]
     metrics, _ = _final_metrics(run_dir)
@@ -92,11 +93,7 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append(f"<h2>Config</h2><pre>{html.escape(config.read_text())}</pre>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>urbanseg report: {html.escape(run_dir.name)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-    path = run_dir / "report.html"
-    tmp = run_dir / ".report.html.tmp"
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return write_text(run_dir / "report.html", page)
 
 
 _CSS = """

@@ -11,17 +11,19 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from .errors import ConfigError
+
 SCHEDULES = ("constant", "step", "multistep", "poly", "cosine", "plateau", "inverse_sqrt")
 
 
 class LRSchedule:
     def __init__(self, cfg, base_lr: float, total_steps: int, steps_per_epoch: int = 1):
         if cfg.name not in SCHEDULES:
-            raise ValueError(f"schedule.name: unknown schedule '{cfg.name}' (expected one of {', '.join(SCHEDULES)})")
+            raise ConfigError(f"schedule.name: unknown schedule '{cfg.name}' (expected one of {', '.join(SCHEDULES)})")
         if cfg.unit not in ("step", "epoch"):
-            raise ValueError(f"schedule.unit: expected 'step' or 'epoch', got '{cfg.unit}'")
+            raise ConfigError(f"schedule.unit: expected 'step' or 'epoch', got '{cfg.unit}'")
         if cfg.warmup_shape not in ("linear", "quadratic"):
-            raise ValueError(f"schedule.warmup_shape: expected 'linear' or 'quadratic', got '{cfg.warmup_shape}'")
+            raise ConfigError(f"schedule.warmup_shape: expected 'linear' or 'quadratic', got '{cfg.warmup_shape}'")
         per = steps_per_epoch if cfg.unit == "epoch" else 1
         self.cfg = cfg
         self.base_lr = base_lr
@@ -72,7 +74,7 @@ class LRSchedule:
     def apply(self, optimizer, step: int) -> float:
         lr = self.lr(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         return lr
 
     def state_dict(self) -> dict:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
@@ -160,8 +161,6 @@ def sample_grid(rows: Sequence[tuple], labels: LabelSet, path: Path, title: str 
 
 def legend_strip(labels: LabelSet, present: Sequence[int], width: int) -> np.ndarray:
     """A legend as an RGB strip to append under a colour mask or overlay saved as a plain PNG."""
-    import cv2
-
     present = [i for i in present if i < labels.num_classes]
     swatch, pad, column = 10, 4, 100
     per_row = max(1, (width - pad) // column)

@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from ..files import atomic_write
 from .io import DataError, read_image, read_mask
 
 Size = Optional[Tuple[int, int]]  # (height, width) or None for "as stored"
@@ -55,10 +56,6 @@ class DirectLoader:
             )
         return resize_image(image, self.size), resize_mask(mask, self.size)
 
-    def image(self, path: str | os.PathLike) -> np.ndarray:
-        """Decoded image alone (for prediction inputs, which have no mask)."""
-        return resize_image(read_image(path), self.size)
-
 
 class DecodedCache(DirectLoader):
     """Decode once into `root`, then serve memory-mapped arrays (read-only)."""
@@ -76,11 +73,6 @@ class DecodedCache(DirectLoader):
             return cached
         image, mask = super().pair(image_path, mask_path)
         return _store(image_entry, image), _store(mask_entry, mask)
-
-    def image(self, path: str | os.PathLike) -> np.ndarray:
-        entry = self.entry_path(path, "image")
-        cached = _load(entry)
-        return cached if cached is not None else _store(entry, super().image(path))
 
     def entry_path(self, path: str | os.PathLike, kind: str) -> Path:
         """Where the cached array of `path` lives; changes whenever the source file changes."""
@@ -104,8 +96,5 @@ def _load(entry: Path) -> np.ndarray | None:
 
 
 def _store(entry: Path, array: np.ndarray) -> np.ndarray:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array))
-    os.replace(tmp, entry)
+    atomic_write(entry, lambda handle: np.save(handle, np.ascontiguousarray(array)))
     return np.load(entry, mmap_mode="r")

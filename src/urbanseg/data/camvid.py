@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+from ..errors import ConfigError
 
 from .cache import DirectLoader
 from .dataset import SegmentationDataset, Transform
 from .folder import pair_by_stem
 from .labels import camvid_label_set
 
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
 SPLITS = ("train", "val", "test")
 
 
 class CamVid(SegmentationDataset):
+    options = ()  # the data.* keys only this dataset reads
+
+    @classmethod
+    def from_config(cls, cfg: "DataConfig", split: str, transform: Optional[Transform] = None,
+                    loader: Optional[DirectLoader] = None) -> "CamVid":
+        return cls(cfg.root, split, transform=transform, loader=loader)
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -27,7 +39,7 @@ class CamVid(SegmentationDataset):
         loader: Optional[DirectLoader] = None,
     ):
         if split not in SPLITS:
-            raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got '{split}'")
+            raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, got '{split}'")
         root = Path(root)
         samples = pair_by_stem(root / split, root / f"{split}annot")
         super().__init__(samples, camvid_label_set(), transform, loader)

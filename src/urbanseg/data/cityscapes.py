@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
+
+from ..errors import ConfigError
 
 from .cache import DirectLoader
 from .dataset import Sample, SegmentationDataset, Transform
 from .io import DataError
 from .labels import cityscapes_label_set
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -41,6 +46,13 @@ def find_pairs(root: str | os.PathLike, split: str) -> tuple[list[Sample], list[
 class Cityscapes(SegmentationDataset):
     """One split of a Cityscapes tree; `classes` picks the class set (see `cityscapes_label_set`)."""
 
+    options = ("classes",)  # the data.* keys only this dataset reads
+
+    @classmethod
+    def from_config(cls, cfg: "DataConfig", split: str, transform: Optional[Transform] = None,
+                    loader: Optional[DirectLoader] = None) -> "Cityscapes":
+        return cls(cfg.root, split, classes=cfg.classes, transform=transform, loader=loader)
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -51,7 +63,7 @@ class Cityscapes(SegmentationDataset):
         cities: Optional[Sequence[str]] = None,
     ):
         if split not in SPLITS:
-            raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got '{split}'")
+            raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, got '{split}'")
         root = Path(root)
         for sub in ("leftImg8bit", "gtFine"):
             if not (root / sub / split).is_dir():

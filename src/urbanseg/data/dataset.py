@@ -5,8 +5,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
-
+from ..errors import DataError
 from .cache import DirectLoader
 from .labels import LabelSet
 
@@ -20,13 +19,20 @@ class Sample(NamedTuple):
     group: str = ""  # what must stay together in cross-validation (the city for Cityscapes)
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset:
     """Returns `(image, mask)`: with no transform, an HxWx3 uint8 RGB array and an HxW uint8 array
     of class indices (`labels.ignore_index` where ignored); with a transform, whatever it returns.
 
     Any problem with a file (unreadable, size mismatch, unknown label value) raises `DataError`
-    naming that file.
+    naming that file. A dataset that `build_dataset` can make from a config also defines
+    `options` (the `data.*` keys only it reads) and `from_config(cfg, split, transform, loader)`.
+
+    It is a map-style dataset as `torch.utils.data.DataLoader` takes it (`__len__`, `__getitem__`)
+    without deriving from torch's `Dataset`, whose base adds nothing else: listing and checking
+    files (`urbanseg prepare`) then runs without importing PyTorch.
     """
+
+    options: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -51,7 +57,7 @@ class SegmentationDataset(Dataset):
 
     def encode_mask(self, raw_mask: np.ndarray, path: Path) -> np.ndarray:
         if raw_mask.ndim != 2:
-            raise ValueError(f"{path}: expected a single-channel label image, got {raw_mask.shape[2]} channels")
+            raise DataError(f"{path}: expected a single-channel label image, got {raw_mask.shape[2]} channels")
         return self.labels.encode(raw_mask, source=str(path))
 
     def __getitem__(self, key):

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
+
+from ..errors import ConfigError
 
 from .cache import DirectLoader
 from .dataset import Sample, SegmentationDataset, Transform
 from .io import DataError, list_images
 from .labels import folder_label_set
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 
 def pair_by_stem(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> list[Sample]:
@@ -32,6 +37,19 @@ def pair_by_stem(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) ->
 
 
 class FolderDataset(SegmentationDataset):
+    """`<root>/<split>/images/` and `<root>/<split>/masks/` when built from a config."""
+
+    options = ("class_names", "palette", "ignore_index")  # the data.* keys only this dataset reads
+
+    @classmethod
+    def from_config(cls, cfg: "DataConfig", split: str, transform: Optional[Transform] = None,
+                    loader: Optional[DirectLoader] = None) -> "FolderDataset":
+        if not cfg.class_names:
+            raise ConfigError("data.class_names: a folder dataset needs its class names")
+        root = Path(cfg.root) / split
+        return cls(root / "images", root / "masks", cfg.class_names, cfg.ignore_index, cfg.palette,
+                   transform=transform, loader=loader)
+
     def __init__(
         self,
         images_dir: str | os.PathLike,

@@ -10,14 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import DataError
+from ..files import atomic_write
+
 # Data loader workers each run their own OpenCV thread pool; one thread each avoids oversubscription.
 cv2.setNumThreads(1)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """A problem with a user's data file; the message names the file."""
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -44,17 +43,13 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an HxW (uint8/uint16) or HxWx3/4 RGB(A) array as PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim == 3:
         code = cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
         array = cv2.cvtColor(array, code)
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise DataError(f"{path}: could not encode PNG")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write(encoded.tobytes()))
 
 
 def _read_bytes(path: str | os.PathLike) -> np.ndarray:

@@ -10,6 +10,8 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError, DataError
+
 IGNORE_INDEX = 255
 
 
@@ -113,13 +115,35 @@ class LabelSet:
         """Map raw mask values to class indices; unknown values raise naming `source`."""
         if raw_mask.dtype != np.uint8:
             if raw_mask.size and (raw_mask.min() < 0 or raw_mask.max() > 255):
-                raise ValueError(f"{source}: label values outside 0..255 (got {raw_mask.min()}..{raw_mask.max()})")
+                raise DataError(f"{source}: label values outside 0..255 (got {raw_mask.min()}..{raw_mask.max()})")
             raw_mask = raw_mask.astype(np.uint8)
         unknown = ~self.known_raw[raw_mask]
         if unknown.any():
             values = sorted(int(v) for v in np.unique(raw_mask[unknown]))
-            raise ValueError(f"{source}: unknown label values {values[:10]} for label set '{self.name}'")
+            raise DataError(f"{source}: unknown label values {values[:10]} for label set '{self.name}'")
         return self.raw_to_train[raw_mask]
+
+    def to_dict(self) -> dict:
+        """Plain lists and strings (JSON- and `weights_only`-safe), for checkpoints and exported models."""
+        return {
+            "name": self.name, "class_names": list(self.class_names), "palette": self.palette.tolist(),
+            "raw_to_train": self.raw_to_train.tolist(), "known_raw": self.known_raw.tolist(),
+            "ignore_index": self.ignore_index, "categories": list(self.categories),
+            "train_to_raw": None if self.train_to_raw is None else self.train_to_raw.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LabelSet":
+        """The LabelSet `to_dict` described, identical field for field."""
+        return cls(
+            name=data["name"], class_names=tuple(data["class_names"]), palette=np.array(data["palette"], np.uint8),
+            raw_to_train=np.array(data["raw_to_train"], np.uint8), known_raw=np.array(data["known_raw"], bool),
+            ignore_index=int(data["ignore_index"]), categories=tuple(data["categories"]),
+            train_to_raw=None if data["train_to_raw"] is None else np.array(data["train_to_raw"], np.uint8),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelSet) and self.to_dict() == other.to_dict()
 
     def colorize(self, class_mask: np.ndarray) -> np.ndarray:
         """RGB image of a class-index mask; ignored pixels are black."""
@@ -142,7 +166,7 @@ def cityscapes_label_set(classes: str | Mapping[str, Sequence[str]] = "official"
         elif classes == "all":
             train_labels = [l for l in CITYSCAPES_LABELS if l.id >= 7]
         else:
-            raise ValueError(f"data.classes: expected 'official', 'all' or a mapping, got '{classes}'")
+            raise ConfigError(f"data.classes: expected 'official', 'all' or a mapping, got '{classes}'")
         groups = {l.name: [l.name] for l in train_labels}
     else:
         groups = {str(k): list(v) for k, v in classes.items()}
@@ -155,13 +179,13 @@ def cityscapes_label_set(classes: str | Mapping[str, Sequence[str]] = "official"
     names, palette, categories, train_to_raw = [], [], [], []
     for index, (class_name, members) in enumerate(groups.items()):
         if not members:
-            raise ValueError(f"data.classes.{class_name}: lists no Cityscapes labels")
+            raise ConfigError(f"data.classes.{class_name}: lists no Cityscapes labels")
         for member in members:
             label = CITYSCAPES_BY_NAME.get(member)
             if label is None or label.id < 0:
-                raise ValueError(f"data.classes.{class_name}: unknown Cityscapes label '{member}'")
+                raise ConfigError(f"data.classes.{class_name}: unknown Cityscapes label '{member}'")
             if raw_to_train[label.id] != IGNORE_INDEX:
-                raise ValueError(f"data.classes.{class_name}: label '{member}' is already in another class")
+                raise ConfigError(f"data.classes.{class_name}: label '{member}' is already in another class")
             raw_to_train[label.id] = index
         first = CITYSCAPES_BY_NAME[members[0]]
         names.append(class_name)
@@ -169,7 +193,7 @@ def cityscapes_label_set(classes: str | Mapping[str, Sequence[str]] = "official"
         categories.append(first.category)
         train_to_raw.append(first.id)
     if len(names) >= IGNORE_INDEX:
-        raise ValueError(f"data.classes: at most {IGNORE_INDEX - 1} classes, got {len(names)}")
+        raise ConfigError(f"data.classes: at most {IGNORE_INDEX - 1} classes, got {len(names)}")
     return LabelSet(
         name="cityscapes",
         class_names=tuple(names),
@@ -203,13 +227,13 @@ def folder_label_set(
     """Label set of a generic folder: mask value i is class i, `ignore_index` is ignored."""
     n = len(classes)
     if n == 0 or n >= 256:
-        raise ValueError(f"classes: expected 1..255 class names, got {n}")
+        raise ConfigError(f"classes: expected 1..255 class names, got {n}")
     if not 0 <= ignore_index <= 255 or ignore_index < n:
-        raise ValueError(f"ignore_index: expected a value in {n}..255 (not a class index), got {ignore_index}")
+        raise ConfigError(f"ignore_index: expected a value in {n}..255 (not a class index), got {ignore_index}")
     if palette is None:
         palette = default_palette(n)
     elif len(palette) != n:
-        raise ValueError(f"palette: expected {n} colours (one per class), got {len(palette)}")
+        raise ConfigError(f"palette: expected {n} colours (one per class), got {len(palette)}")
     raw_to_train = np.full(256, IGNORE_INDEX, np.uint8)
     raw_to_train[:n] = np.arange(n)
     known_raw = np.zeros(256, bool)

@@ -2,7 +2,7 @@
 
 Masks are always resampled with nearest neighbour and padded with the ignore index, so a mask
 never gains a value that was not in it (besides the ignore index). Both pipelines end in a
-float CHW image tensor (ImageNet mean/std normalised) and an int64 HW mask tensor.
+float CHW image tensor (normalised with the run's `Preset`) and an int64 HW mask tensor.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .preset import Preset
 
 
 @dataclass
@@ -45,7 +44,7 @@ class PairTransform:
         return image, torch.from_numpy(out["mask"].astype(np.int64))
 
 
-def train_transform(cfg: AugmentConfig, ignore_index: int = 255) -> PairTransform:
+def train_transform(cfg: AugmentConfig, ignore_index: int = 255, preset: Preset = Preset()) -> PairTransform:
     steps: list = []
     if cfg.resize:
         steps.append(A.Resize(*cfg.resize, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
@@ -84,14 +83,14 @@ def train_transform(cfg: AugmentConfig, ignore_index: int = 255) -> PairTransfor
         steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4), p=0.8))
     if cfg.blur:
         steps.append(A.GaussianBlur(sigma_limit=(0.1, 1.5), p=cfg.blur))
-    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    steps.append(A.Normalize(mean=preset.mean, std=preset.std))
     return PairTransform(steps)
 
 
-def eval_transform(resize: Optional[Tuple[int, int]] = None) -> PairTransform:
+def eval_transform(resize: Optional[Tuple[int, int]] = None, preset: Preset = Preset()) -> PairTransform:
     """Deterministic: optional resize of the image and mask, then normalisation."""
     steps: list = []
     if resize:
         steps.append(A.Resize(*resize, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
-    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    steps.append(A.Normalize(mean=preset.mean, std=preset.std))
     return PairTransform(steps)

@@ -1,54 +1,32 @@
-"""Datasets, samplers and loaders built from a `DataConfig`."""
+"""Training data: the augmented train / validation pair, the sharded sampler, loaders and label statistics."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..data import CamVid, Cityscapes, DecodedCache, DirectLoader, FolderDataset, SegmentationDataset
+from ..config import DataConfig
+from ..data import SegmentationDataset, build_dataset, config_size
+from ..data.preset import Preset
 from ..data.transforms import AugmentConfig, eval_transform, train_transform
+from ..errors import ConfigError
 
 
-def _size(value, key: str) -> Optional[tuple]:
-    if value is None:
-        return None
-    if len(value) != 2 or min(value) <= 0:
-        raise ValueError(f"{key}: expected [height, width], got {value}")
-    return tuple(int(v) for v in value)
-
-
-def build_dataset(cfg, split: str, transform=None) -> SegmentationDataset:
-    """One split of the configured dataset (`data.dataset`: cityscapes, camvid or folder)."""
-    size = _size(cfg.load_size, "data.load_size")
-    loader = DecodedCache(cfg.cache, size) if cfg.cache else DirectLoader(size)
-    root = Path(cfg.root)
-    if cfg.dataset == "cityscapes":
-        return Cityscapes(root, split, classes=cfg.classes, transform=transform, loader=loader)
-    if cfg.dataset == "camvid":
-        return CamVid(root, split, transform=transform, loader=loader)
-    if cfg.dataset == "folder":
-        if not cfg.class_names:
-            raise ValueError("data.class_names: a folder dataset needs its class names")
-        return FolderDataset(root / split / "images", root / split / "masks", cfg.class_names, cfg.ignore_index,
-                             cfg.palette, transform=transform, loader=loader)
-    raise ValueError(f"data.dataset: expected cityscapes, camvid or folder, got '{cfg.dataset}'")
-
-
-def augment_config(cfg) -> AugmentConfig:
+def augment_config(cfg: DataConfig) -> AugmentConfig:
     return AugmentConfig(
-        resize=_size(cfg.resize, "data.resize"), scale=tuple(cfg.scale), crop=_size(cfg.crop, "data.crop"),
+        resize=config_size(cfg.resize, "data.resize"), scale=tuple(cfg.scale), crop=config_size(cfg.crop, "data.crop"),
         hflip=cfg.hflip, rotate=cfg.rotate, color_jitter=cfg.color_jitter, blur=cfg.blur,
     )
 
 
-def build_train_val(cfg) -> tuple[SegmentationDataset, SegmentationDataset]:
+def build_train_val(cfg: DataConfig, preset: Preset = Preset()) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The training split with its augmentation and the validation split at `data.val_resize`."""
     train = build_dataset(cfg, cfg.train_split)
-    train.transform = train_transform(augment_config(cfg), train.labels.ignore_index)
-    val = build_dataset(cfg, cfg.val_split, eval_transform(_size(cfg.val_resize, "data.val_resize")))
+    train.transform = train_transform(augment_config(cfg), train.labels.ignore_index, preset)
+    val = build_dataset(cfg, cfg.val_split, eval_transform(config_size(cfg.val_resize, "data.val_resize"), preset))
     return train, val
 
 
@@ -127,7 +105,7 @@ def rare_class_weights(pixel_counts: np.ndarray, presence: np.ndarray, temperatu
     labelled pixels), then an image containing c uniformly. Small T favours rare classes strongly;
     large T tends to uniform sampling of classes (not of images)."""
     if temperature <= 0:
-        raise ValueError(f"data.rare_class_sampling: expected a temperature > 0, got {temperature}")
+        raise ConfigError(f"data.rare_class_sampling: expected a temperature > 0, got {temperature}")
     occurs = presence.sum(axis=0)
     if not occurs.any():  # no labelled pixel anywhere: sample uniformly
         return np.full(len(presence), 1 / max(len(presence), 1))

@@ -1,4 +1,5 @@
-"""The validation pass used during training: loss and confusion-matrix metrics, exact across ranks."""
+"""The validation pass used during training (loss and confusion-matrix metrics, exact across ranks) and
+the sample pictures drawn at each evaluation."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,7 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.preset import Preset
 from ..metrics import ConfusionMatrix
+from ..visualize import sample_grid
 from .distributed import all_reduce_sum
 from .precision import Precision
 
@@ -25,11 +28,7 @@ def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, labels,
             break
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        if precision.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            logits = model(images)
-        logits = logits.float()
+        logits = precision.forward(model, images)
         loss_sum[0] += criterion(logits, masks).double() * images.shape[0]
         loss_sum[1] += images.shape[0]
         matrix.update(logits.argmax(dim=1), masks)
@@ -44,23 +43,14 @@ def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, labels,
 
 @torch.no_grad()
 def save_sample_grid(model: nn.Module, dataset, count: int, device: torch.device, precision: Precision,
-                     path, title: str = "") -> None:
+                     preset: Preset, path, title: str = "") -> None:
     """Image | ground truth | prediction | error map for the first `count` validation samples."""
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from ..visualize import sample_grid
-
     was_training = model.training
     model.eval()
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     rows = []
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
-        x = image[None].to(device)
-        if precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast():
-            pred = model(x).float().argmax(dim=1)[0].cpu().numpy().astype("uint8")
-        shown = ((image * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-        rows.append((shown, mask.numpy().astype("uint8"), pred))
+        pred = precision.forward(model, image[None].to(device)).argmax(dim=1)[0].cpu().numpy().astype("uint8")
+        rows.append((preset.to_image(image), mask.numpy().astype("uint8"), pred))
     model.train(was_training)
     sample_grid(rows, dataset.labels, path, title)

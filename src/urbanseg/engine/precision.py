@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import nn
+
+from ..errors import ConfigError
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -18,11 +21,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("trainer.device: 'cuda' requested but no CUDA device is available")
+            raise ConfigError("trainer.device: 'cuda' requested but no CUDA device is available")
         return torch.device(f"cuda:{local_rank}")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"trainer.device: expected auto, cpu or cuda, got '{name}'")
+    raise ConfigError(f"trainer.device: expected auto, cpu or cuda, got '{name}'")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -50,6 +53,14 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    def forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of `model` on `images` in this memory format and autocast dtype: the one
+        forward path of training, validation, sample pictures and inference."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return model(images).float()
+
     @property
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
@@ -63,10 +74,10 @@ def pick_precision(name: str, device: torch.device, channels_last: Optional[bool
         else:
             name = "bf16" if cpu_has_native_bf16() else "fp32"
     if name == "fp16" and kind != "cuda":
-        raise ValueError("trainer.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise ConfigError("trainer.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name not in dtypes:
-        raise ValueError(f"trainer.precision: expected auto, fp32, bf16 or fp16, got '{name}'")
+        raise ConfigError(f"trainer.precision: expected auto, fp32, bf16 or fp16, got '{name}'")
     dtype = dtypes[name]
     if channels_last is None:
         channels_last = dtype is not None

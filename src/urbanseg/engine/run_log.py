@@ -6,9 +6,12 @@ that was lost), so the file never holds duplicated or missing steps.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Optional
+
+from ..files import write_text
 
 COLUMNS = ["step", "epoch", "split", "loss", "lr", "images_per_s", "miou", "pixel_accuracy", "mean_accuracy",
            "category_miou"]
@@ -24,7 +27,7 @@ class RunLog:
                 csv.writer(handle).writerow(COLUMNS)
         self.writer = None
         if tensorboard:
-            try:
+            try:  # optional: a run without the tensorboard package still writes metrics.csv
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
@@ -58,12 +61,11 @@ def read_rows(path: Path) -> list[dict]:
 
 def truncate_after(path: Path, step: int) -> None:
     rows = [row for row in read_rows(path) if int(row["step"]) <= step]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def _fmt(value) -> str:

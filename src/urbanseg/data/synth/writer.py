@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import ConfigError
 from ..io import write_png
 from ..labels import cityscapes_color_image
 from .canvas import Canvas
@@ -51,10 +52,10 @@ def write_dataset(
     out = Path(out)
     for split in counts:
         if split not in CITIES:
-            raise ValueError(f"split: expected one of {', '.join(CITIES)}, got '{split}'")
+            raise ConfigError(f"split: expected one of {', '.join(CITIES)}, got '{split}'")
     height, width = size
     if height < 32 or width < 32:
-        raise ValueError(f"size: expected at least 32x32, got {height}x{width}")
+        raise ConfigError(f"size: expected at least 32x32, got {height}x{width}")
     jobs = [(out, split, i, seed, height, width) for split, n in counts.items() for i in range(n)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
