@@ -93,8 +93,8 @@ def demo_recipe() -> Path:
     A CPU without native bf16 (AVX-512 BF16 or AMX) trains in fp32, several times slower: on a 2-core
     AVX2 CPU, U-Net/ResNet-18 managed ~320 steps in the demo's budget (44-45% mIoU), and U-Net with a
     RegNetX-200MF encoder cut after its 1/16 stage and a slim decoder that stops at 1/2 resolution
-    manages ~1000-1100 (~60%). With native bf16 on 2 cores the ResNet-18 recipe trains ~1300 steps to
-    62-64% (configs/synthetic/README.md).
+    manages ~1000-1100 (~60%). With native bf16 on 2 cores the ResNet-18 recipe trains ~950-1400 steps
+    (depending on the machine) to 60-63% (configs/synthetic/README.md).
     """
     return RECIPE if torch.cuda.is_available() or precision.cpu_has_native_bf16() else RECIPE_FP32
 
