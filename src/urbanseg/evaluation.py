@@ -22,7 +22,6 @@ from .config import DataConfig
 from .data import build_dataset
 from .data.dataset import SegmentationDataset
 from .data.io import DataError, read_mask
-from .engine.checkpoint import load_model
 from .errors import ConfigError
 from .files import write_json
 from .inference import Predictor
@@ -222,11 +221,10 @@ def run_evaluation(data_root: str | os.PathLike, *, split: str = "val", checkpoi
     data_cfg = DataConfig(dataset=dataset or "cityscapes")
     predictor = None
     if checkpoint is not None:
-        loaded = load_model(checkpoint)
-        saved = loaded.config.data  # the class set the model was trained on, at full resolution, uncached
+        predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        saved = predictor.config.data  # the class set the model was trained on, at full resolution, uncached
         data_cfg = DataConfig(dataset=dataset or saved.dataset, classes=saved.classes, class_names=saved.class_names,
                               ignore_index=saved.ignore_index, palette=saved.palette)
-        predictor = Predictor(loaded.model, loaded.labels, loaded.preset, device=device)
     data_cfg.root = str(data_root)
     data_set = build_dataset(data_cfg, split)
     if predictor is not None:

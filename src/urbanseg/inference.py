@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .config import Config
 from .data.io import read_image
 from .data.labels import LabelSet
 from .data.preset import Preset
@@ -29,24 +30,40 @@ from .errors import ConfigError
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
-class Predictor:
-    """A model, the labels it predicts and the preprocessing preset it was trained with."""
+class TorchBackend:
+    """A PyTorch model on a device, run through the one forward path (`Precision.forward`)."""
 
-    def __init__(self, model: torch.nn.Module, labels: LabelSet, preset: Preset = Preset(), device: str = "auto",
-                 precision: str = "auto"):
+    name = "pytorch"
+
+    def __init__(self, model: torch.nn.Module, device: str = "auto", precision: str = "auto"):
         self.device = pick_device(device)
         self.precision = pick_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised images on `self.device` -> float32 logits (N, C, H, W)."""
+        return self.precision.forward(self.model, images)
+
+
+class Predictor:
+    """A backend (PyTorch, or ONNX Runtime for an exported model), the labels it predicts and the
+    preprocessing preset it was trained with. `config` is the run's config when the file has one."""
+
+    def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], labels: LabelSet, preset: Preset = Preset(),
+                 config: Optional[Config] = None):
+        self.backend = backend
+        self.device = getattr(backend, "device", torch.device("cpu"))
         self.labels = labels
         self.preset = preset
+        self.config = config
         self.window = preset.window  # (h, w) of sliding windows; may be changed
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> "Predictor":
         loaded = load_model(path)
-        return cls(loaded.model, loaded.labels, loaded.preset, device, precision)
+        return cls(TorchBackend(loaded.model, device, precision), loaded.labels, loaded.preset, loaded.config)
 
     # ------------------------------------------------------------------ public API
     def predict(self, image: ImageInput, **options) -> np.ndarray:
@@ -88,7 +105,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ internals
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.precision.forward(self.model, x)
+        return self.backend(x)
 
     def _slide(self, x: torch.Tensor, overlap: float = 1 / 3) -> torch.Tensor:
         """Logits averaged over overlapping windows; an image that fits one window is one pass."""
@@ -125,5 +142,11 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
 
 
 def load(path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> Predictor:
-    """The Predictor of a checkpoint: `urbanseg.load("best.ckpt").predict(image)`."""
+    """The Predictor of a checkpoint (`.pt`, PyTorch) or an exported model (`.onnx`, ONNX Runtime):
+    `urbanseg.load("best.pt").predict(image)`; both give the same API."""
+    if str(path).lower().endswith(".onnx"):
+        # imported here: ONNX Runtime is an optional extra (`pip install urbanseg[deploy]`)
+        from .onnx_model import load_onnx
+
+        return load_onnx(path, device)
     return Predictor.from_checkpoint(path, device, precision)
