@@ -6,6 +6,7 @@ top): `urbanseg --help`, `synth` and `prepare` then start without loading PyTorc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -114,6 +115,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_megapixels=args.max_megapixels, queue=args.queue, workers=args.workers,
+          token=args.token, device=args.device)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -178,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="(re)draw a run's training curves, figures and HTML report")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("serve", help="web page and HTTP API for a checkpoint (.pt) or an exported model (.onnx)")
+    p.add_argument("model", help="best.pt or model.onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted (default 20)")
+    p.add_argument("--max-megapixels", type=float, default=12, help="largest image accepted (default 12)")
+    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker; more get 503 (default 8)")
+    p.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--token", default=os.environ.get("URBANSEG_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' on /v1/* (default: $URBANSEG_TOKEN, else none)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="run the whole job on built-in procedural data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

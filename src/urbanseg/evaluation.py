@@ -24,7 +24,7 @@ from .data.dataset import SegmentationDataset
 from .data.io import DataError, read_mask
 from .errors import ConfigError
 from .files import write_json
-from .inference import Predictor
+from .inference import load
 from .metrics import ConfusionMatrix, InstanceStats, json_safe, pair_counts, summarize
 from .visualize import plot_class_iou, plot_confusion
 
@@ -221,7 +221,7 @@ def run_evaluation(data_root: str | os.PathLike, *, split: str = "val", checkpoi
     data_cfg = DataConfig(dataset=dataset or "cityscapes")
     predictor = None
     if checkpoint is not None:
-        predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        predictor = load(checkpoint, device=device)  # a checkpoint or an exported .onnx model
         saved = predictor.config.data  # the class set the model was trained on, at full resolution, uncached
         data_cfg = DataConfig(dataset=dataset or saved.dataset, classes=saved.classes, class_names=saved.class_names,
                               ignore_index=saved.ignore_index, palette=saved.palette)

@@ -21,10 +21,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """HxWx3 uint8 RGB image."""
-    data = _read_bytes(path)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return decode_image(_read_bytes(path), path)
+
+
+def decode_image(data: np.ndarray | bytes, source: str | os.PathLike = "image") -> np.ndarray:
+    """HxWx3 uint8 RGB from an encoded file's bytes (files, uploads: the same pixels for both)."""
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
-        raise DataError(f"{path}: not a readable image")
+        raise DataError(f"{source}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
