@@ -45,6 +45,7 @@ SKIPPED = {
     "make test-fast": "is part of this test suite",
     "pip install": "installs packages; the environment running this test is installed already",
     "python -m venv": "creates a new environment and downloads torch into it",
+    "urbanseg serve": "runs until stopped; tests/test_serve*.py start the same service on 127.0.0.1",
 }
 
 # Appended to every `urbanseg train --config` command: tiny and fast, no download; the recipe keeps

@@ -115,6 +115,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_command, format_summary
+
+    report = export_command(args.checkpoint, args.out, size=args.size, dynamic=args.dynamic, opset=args.opset,
+                            quantize=args.quantize, calibration=args.calibration,
+                            calibration_images=args.calibration_images)
+    print(format_summary(report))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
@@ -161,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="official Cityscapes-style metrics at full label resolution")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint to evaluate (or use --predictions)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint (.pt) or exported model (.onnx) to evaluate (or use --predictions)")
     p.add_argument("--data-root", type=Path, required=True, help="dataset root, e.g. a Cityscapes folder")
     p.add_argument("--split", default="val")
     p.add_argument("--dataset", choices=["cityscapes", "camvid", "folder"], help="default: the checkpoint's")
@@ -174,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment images, folders or glob patterns")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint (.pt) or exported model (.onnx)")
     p.add_argument("inputs", nargs="+", help="image files, folders or patterns such as 'photos/*.jpg'")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--format", default="color,overlay", help="any of color,overlay,labelids,trainids,probs,entropy")
@@ -188,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="(re)draw a run's training curves, figures and HTML report")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="export a checkpoint to a self-describing ONNX model, checked against PyTorch")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write (export.json goes beside it)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--size", type=parse_size,
+                       help="HEIGHTxWIDTH of a fixed-size graph (default: the checkpoint's input size, else its window)")
+    shape.add_argument("--dynamic", action="store_true", help="any batch, height and width")
+    p.add_argument("--opset", type=int, help="ONNX opset, 18 or newer (default: the exporter's)")
+    p.add_argument("--quantize", choices=["int8"], help="also write <out stem>.int8.onnx (ONNX Runtime static QDQ)")
+    p.add_argument("--calibration", metavar="DIR_OR_SPLIT",
+                   help="int8 calibration images: a folder, or a split of the checkpoint's dataset (default: train)")
+    p.add_argument("--calibration-images", type=int, default=32, help="calibration images (default 32)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="web page and HTTP API for a checkpoint (.pt) or an exported model (.onnx)")
     p.add_argument("model", help="best.pt or model.onnx")

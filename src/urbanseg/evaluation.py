@@ -231,8 +231,11 @@ def run_evaluation(data_root: str | os.PathLike, *, split: str = "val", checkpoi
         metrics = evaluate_predictor(predictor, data_set, mode, scales, flip, progress)
     else:
         metrics = evaluate_prediction_files(predictions, data_set, progress)
-    if out is None:
-        out = Path(checkpoint).resolve().parent.parent / f"eval-{split}" if checkpoint else Path(f"eval-{split}")
+    if out is None:  # a checkpoint's run folder (RUN/checkpoints/best.pt -> RUN/eval-val), else beside the file
+        model_dir = Path(checkpoint).resolve().parent if checkpoint else None
+        if model_dir is not None and model_dir.name == "checkpoints":
+            model_dir = model_dir.parent
+        out = model_dir / f"eval-{split}" if model_dir else Path(f"eval-{split}")
     out = Path(out)
     height, width = read_mask(data_set.samples[0].mask).shape[:2]
     settings = {"checkpoint": str(checkpoint) if checkpoint else None, "predictions": str(predictions) if predictions else None,
