@@ -243,3 +243,19 @@ def test_a_full_queue_answers_503_with_retry_after(predictor, image_path):
     assert health.status_code == 200 and health.json()["in_flight"] == 2  # the event loop stayed free
     assert first.status_code == second.status_code == 200
     assert app.state.gate.active == 0
+
+
+def test_an_exported_onnx_model_is_served_the_same_way(tiny_checkpoint, predictor, image_path, tmp_path):
+    """`urbanseg serve model.onnx`: the same API on ONNX Runtime, the same classes found."""
+    from urbanseg.export import export_onnx
+
+    export_onnx(tiny_checkpoint, tmp_path / "model.onnx")
+    with TestClient(create_app(load(tmp_path / "model.onnx", device="cpu"))) as onnx_client:
+        info = onnx_client.get("/v1/model").json()
+        assert info["backend"] == "onnxruntime"
+        assert [c["name"] for c in info["classes"]] == list(predictor.labels.class_names)
+        assert onnx_client.post("/v1/segment", files=upload(image_path)).status_code == 200
+        response = onnx_client.post("/v1/segment?output=trainids", files=upload(image_path))
+    assert response.status_code == 200, response.text
+    agreement = (decode(response.content) == predictor.predict(read_image(image_path))).mean()
+    assert agreement >= 0.99  # the exporter's own check asks 99.9% on its images
