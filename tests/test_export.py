@@ -21,7 +21,8 @@ from urbanseg.engine.model import build_model
 from urbanseg.errors import CheckpointError, ConfigError, OutputError
 from urbanseg.export import calibration_set, export_command, export_onnx, format_summary
 from urbanseg.models import MODELS
-from urbanseg.onnx_model import ExportInfo, OnnxBackend, load_onnx, read_metadata, window_starts, write_metadata
+from urbanseg.inference import window_starts
+from urbanseg.onnx_model import ExportInfo, OnnxBackend, load_onnx, read_metadata, write_metadata
 
 # small variants of each registry entry (random init, no download), as in test_checkpoint.py
 SMALL = {"unet_scratch": (None, {"base_channels": 4}), "fcn_resnet50": (None, {}), "danet": ("resnet18", {}),

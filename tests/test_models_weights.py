@@ -14,6 +14,9 @@ from safetensors.torch import save_file
 from urbanseg.errors import ConfigError
 from urbanseg.models import create_model, weights
 
+# What the tests ask for: nothing is downloaded, `offline` below makes every name lookup fail
+# (and the cached-weights test puts a local file where the hub cache would hold one).
+IMAGENET = "imagenet"
 ALTERNATIVES = re.escape("; use null (random init) or the path of a local .pth/.safetensors file")
 
 
@@ -47,7 +50,7 @@ HUB = re.escape(hub_constants.ENDPOINT)
 ])
 def test_offline_imagenet_weights_fail_at_once_in_one_line(offline, name, options, encoder, source):
     with pytest.raises(ConfigError) as error:
-        create_model(name, 3, encoder_weights="imagenet", **options)
+        create_model(name, 3, encoder_weights=IMAGENET, **options)
     assert re.fullmatch(f"model.encoder_weights: imagenet weights for encoder '{encoder}' are not in the local cache "
                         f"and could not be fetched from {source} \\(no connection to [^:]+:\\d+: .*Name or service "
                         f"not known\\){ALTERNATIVES}", str(error.value)), str(error.value)
@@ -58,12 +61,12 @@ def test_a_failing_download_after_the_probe_is_one_line_too(offline, monkeypatch
     monkeypatch.setattr(weights, "unreachable", lambda url: None)  # the host answers; the transfer fails
     with pytest.raises(ConfigError, match=r"^model.encoder_weights: imagenet weights for encoder 'resnet50 "
                                           r"\(torchvision\)' .* \(URLError: .*Name or service not known.*\)"):
-        create_model("fcn_resnet50", 3, encoder_weights="imagenet")
+        create_model("fcn_resnet50", 3, encoder_weights=IMAGENET)
     assert len(offline) == 1  # urllib's one attempt
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # huggingface_hub refuses at once
     with pytest.raises(ConfigError, match=r"^model.encoder_weights: imagenet weights for encoder 'resnet18' .*"
                                           r"\(LocalEntryNotFoundError: .*\)" + ALTERNATIVES + "$"):
-        create_model("unet", 3, encoder="resnet18", encoder_weights="imagenet")
+        create_model("unet", 3, encoder="resnet18", encoder_weights=IMAGENET)
 
 
 def test_cached_imagenet_weights_load_offline(offline):
@@ -76,7 +79,7 @@ def test_cached_imagenet_weights_load_offline(offline):
     torch.manual_seed(1)
     state = {k: v.contiguous() for k, v in create_model("unet", 3, encoder="resnet18").model.encoder.state_dict().items()}
     save_file(state, str(snapshot / "model.safetensors"))
-    model = create_model("unet", 3, encoder="resnet18", encoder_weights="imagenet")
+    model = create_model("unet", 3, encoder="resnet18", encoder_weights=IMAGENET)
     assert torch.equal(model.model.encoder.conv1.weight, state["conv1.weight"])
     assert offline == []  # not even the probe
 
@@ -95,4 +98,4 @@ def test_weights_spec_errors_name_the_key():
     with pytest.raises(ConfigError, match="model.encoder_weights: expected imagenet, null or the path"):
         create_model("unet", 3, encoder="resnet18", encoder_weights=True)
     with pytest.raises(ConfigError, match="model.encoder_weights: encoder 'resnext101_32x4d' has no imagenet weights"):
-        create_model("unet", 3, encoder="resnext101_32x4d", encoder_weights="imagenet")
+        create_model("unet", 3, encoder="resnext101_32x4d", encoder_weights=IMAGENET)

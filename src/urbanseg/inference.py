@@ -112,17 +112,22 @@ class Predictor:
         height, width = x.shape[-2:]
         win_h, win_w = self.window or (height, width)
         win_h, win_w = min(win_h, height), min(win_w, width)
-        stride_h, stride_w = max(1, math.ceil(win_h * (1 - overlap))), max(1, math.ceil(win_w * (1 - overlap)))
-        rows = max(math.ceil((height - win_h) / stride_h), 0) + 1
-        cols = max(math.ceil((width - win_w) / stride_w), 0) + 1
         logits = torch.zeros(1, self.labels.num_classes, height, width, device=x.device)
         counts = torch.zeros(1, 1, height, width, device=x.device)
-        for r in range(rows):
-            for c in range(cols):
-                top, left = min(r * stride_h, height - win_h), min(c * stride_w, width - win_w)
+        for top in window_starts(height, win_h, overlap):
+            for left in window_starts(width, win_w, overlap):
                 logits[..., top:top + win_h, left:left + win_w] += self._forward(x[..., top:top + win_h, left:left + win_w])
                 counts[..., top:top + win_h, left:left + win_w] += 1
         return logits / counts
+
+
+def window_starts(length: int, window: int, overlap: float = 1 / 3) -> list[int]:
+    """Start offsets of windows covering `length`, overlapping by about `overlap`, the last one
+    flush with the end (sliding-window inference, and fixed-size ONNX graphs on larger inputs)."""
+    if length <= window:
+        return [0]
+    stride = max(1, math.ceil(window * (1 - overlap)))
+    return [min(i * stride, length - window) for i in range(math.ceil((length - window) / stride) + 1)]
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:

@@ -27,11 +27,10 @@ Needs the `deploy` extra (onnx, onnxruntime); runs on the CPU, or CUDA with onnx
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ from .config import Config, from_dict
 from .data.labels import LabelSet
 from .data.preset import Preset
 from .errors import CheckpointError, ConfigError
-from .inference import Predictor
+from .inference import Predictor, window_starts
 from .models.padding import PadToMultiple
 
 try:  # the optional extra: a one-line message instead of a traceback when it is missing
@@ -210,15 +209,6 @@ class OnnxBackend:
                 logits[..., top:top + win_h, left:left + win_w] += out
                 counts[..., top:top + win_h, left:left + win_w] += 1
         return (logits / counts)[..., :height, :width]
-
-
-def window_starts(length: int, window: int, overlap: float = 1 / 3) -> Sequence[int]:
-    """Start offsets of windows covering `length` (>= window), overlapping by about `overlap`,
-    the last one flush with the end (as `Predictor._slide` places them)."""
-    if length <= window:
-        return [0]
-    stride = max(1, math.ceil(window * (1 - overlap)))
-    return [min(i * stride, length - window) for i in range(math.ceil((length - window) / stride) + 1)]
 
 
 def load_onnx(path: Union[str, os.PathLike], device: str = "auto") -> Predictor:
