@@ -8,8 +8,9 @@ exported with `urbanseg.export` (fp32 ONNX at that fixed size, and INT8 statical
 few generated street scenes), then timed on one generated scene through:
 
     PyTorch eager fp32 (what a user writes), + channels-last, + bf16 autocast (only where the CPU
-    has native bf16), ONNX Runtime fp32, ONNX Runtime int8, and OpenVINO on the same ONNX file in
-    f32 and with its CPU plugin's default precision (bf16 where native), when `openvino` is installed.
+    has native bf16), ONNX Runtime fp32, ONNX Runtime int8, and urbanseg's OpenVINO backend on the
+    same ONNX files: f32, its CPU plugin's default precision (bf16 where native) and the int8
+    graph, when `openvino` is installed.
 
 Each path runs in a fresh process, so its peak resident memory (VmHWM, which includes Python
 and the libraries) is its own; the median of `--runs` forward passes after `--warmup` is reported
@@ -42,7 +43,7 @@ from urbanseg.engine.model import build_model
 from urbanseg.engine.precision import cpu_has_native_bf16
 
 PATHS = ("eager_fp32", "eager_fp32_channels_last", "eager_bf16_channels_last", "ort_fp32", "ort_int8", "openvino_fp32",
-         "openvino_default")
+         "openvino_default", "openvino_int8")
 
 
 def prepare(work: Path, size: tuple[int, int], model: str, encoder: str, trained: str | None) -> dict:
@@ -90,16 +91,13 @@ def worker(path: str, files: dict, runs: int, warmup: int, out: str) -> None:
     elif path.startswith("ort"):
         backend = load_onnx(files["int8" if "int8" in path else "fp32"], device="cpu").backend
         forward = lambda: backend(x)  # noqa: E731
-    else:
-        import openvino as ov  # optional: only this path needs it
+    else:  # urbanseg's OpenVINO backend (optional extra). Its CPU plugin computes in bf16 by default where
+        # the CPU has it natively: `_fp32` asks for f32 arithmetic, `_default` keeps the plugin's own choice
+        from urbanseg.openvino_model import load_openvino
 
-        # OpenVINO's CPU plugin computes in bf16 by default where the CPU has it natively: `_fp32` asks
-        # for f32 arithmetic, `_default` keeps the plugin's own choice
-        hint = {"INFERENCE_PRECISION_HINT": "f32"} if path.endswith("fp32") else {}
-        compiled = ov.Core().compile_model(files["fp32"], "CPU", hint)
-        request = compiled.create_infer_request()
-        array = x.numpy()
-        forward = lambda: torch.from_numpy(request.infer({0: array})[compiled.output(0)].copy())  # noqa: E731
+        source = files["int8" if "int8" in path else "fp32"]
+        backend = load_openvino(source, "cpu", "fp32" if path.endswith("fp32") else "auto").backend
+        forward = lambda: backend(x)  # noqa: E731
     seconds, before = [], peak_resident_mb()
     with torch.no_grad():
         for index in range(warmup + runs):

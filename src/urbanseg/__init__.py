@@ -7,9 +7,10 @@
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "auto", precision: str = "auto"):
-    """A `Predictor` for a checkpoint (see `urbanseg.inference`)."""
+def load(path, **options):
+    """A `Predictor` for a checkpoint or an exported model; options (device, precision, backend, ...)
+    as `urbanseg.inference.load` takes them."""
     # imported here, not at the top: `import urbanseg` (and so the CLI) stays free of PyTorch
     from .inference import load as _load
 
-    return _load(path, device, precision)
+    return _load(path, **options)

@@ -25,6 +25,12 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["auto", "pytorch", "onnxruntime", "openvino"], default="auto",
+                        help="what runs the model (default: PyTorch for .pt, ONNX Runtime for .onnx; "
+                             "openvino: an .onnx on OpenVINO, bf16 where the CPU has it)")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synth import write_dataset
 
@@ -82,22 +88,27 @@ def parse_scales(text: str) -> list[float]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .crf import crf_from_options
     from .evaluation import format_table, run_evaluation
 
+    crf = crf_from_options(args.crf, args.crf_params)
     metrics, out = run_evaluation(args.data_root, split=args.split, checkpoint=args.checkpoint,
                                   predictions=args.predictions, dataset=args.dataset, mode=args.mode,
-                                  scales=args.scales, flip=args.tta == "flip", out=args.out, device=args.device)
+                                  scales=args.scales, flip=args.tta == "flip", out=args.out, device=args.device,
+                                  crf=crf, backend=args.backend)
     print(format_table(metrics))
     print(f"metrics, confusion matrix and per-class IoU written to {out}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .crf import crf_from_options
     from .inference import load
     from .predict import expand_inputs, parse_formats, predict_files
 
     formats = parse_formats(args.format)
-    predictor = load(args.checkpoint, device=args.device)
+    crf = crf_from_options(args.crf, args.crf_params)  # a missing pydensecrf2 fails before the model loads
+    predictor = load(args.checkpoint, device=args.device, backend=args.backend, crf=crf)
     inputs = expand_inputs(args.inputs)
     written, problems = predict_files(predictor, inputs, args.out, formats, args.opacity, args.mode, args.scales,
                                       args.tta == "flip")
@@ -130,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
           max_megapixels=args.max_megapixels, queue=args.queue, workers=args.workers,
-          token=args.token, device=args.device)
+          token=args.token, device=args.device, backend=args.backend)
     return 0
 
 
@@ -181,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=parse_scales, default=[1.0], help="e.g. 0.75,1.0,1.25")
     p.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
     p.add_argument("--device", default="auto")
+    crf_params_help = ("dense CRF parameters, default DeepLab v2's: iterations=10, smoothness_weight=3, smoothness_xy=1, "
+                       "appearance_weight=4, appearance_xy=67, appearance_rgb=3 (xy in pixels, rgb in 0..255 steps)")
+    p.add_argument("--crf", action="store_true", help="also score dense-CRF-refined predictions: metrics with and "
+                   "without it (network run once; needs the crf extra)")
+    p.add_argument("--crf-params", metavar="KEY=VALUE,...", help=crf_params_help)
+    add_backend_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment images, folders or glob patterns")
@@ -193,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip"], default="none")
     p.add_argument("--scales", type=parse_scales, default=[1.0])
     p.add_argument("--device", default="auto")
+    p.add_argument("--crf", action="store_true",
+                   help="refine every prediction with a dense CRF (needs the crf extra)")
+    p.add_argument("--crf-params", metavar="KEY=VALUE,...", help=crf_params_help)
+    add_backend_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plot", help="(re)draw a run's training curves, figures and HTML report")
@@ -224,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("URBANSEG_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on /v1/* (default: $URBANSEG_TOKEN, else none)")
     p.add_argument("--device", default="auto")
+    add_backend_argument(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="run the whole job on built-in procedural data")

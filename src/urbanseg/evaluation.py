@@ -4,7 +4,9 @@ Either a checkpoint predicts every image (whole / sliding window, flip and multi
 prediction PNGs made by any tool are scored (`--predictions DIR`, files named
 `<city>_<seq>_<frame>*.png` holding Cityscapes labelIds, as the official script expects). One
 confusion matrix is accumulated image by image, so memory stays flat however many images there
-are; for Cityscapes, instance-weighted iIoU comes from the `*_instanceIds.png` files.
+are; for Cityscapes, instance-weighted iIoU comes from the `*_instanceIds.png` files. With a
+dense CRF (`--crf`) the network runs once per image and both its plain and its CRF-refined
+predictions are counted, so one run reports the metrics with and without the CRF.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .config import DataConfig
+from .crf import DenseCRF, as_crf
 from .data import build_dataset
 from .data.dataset import SegmentationDataset
 from .data.io import DataError, read_mask
@@ -49,23 +52,51 @@ def _to_label_ids(pred: np.ndarray, labels) -> np.ndarray:
 
 
 def evaluate_predictor(predictor, dataset: SegmentationDataset, mode: str = "whole",
-                       scales: Sequence[float] = (1.0,), flip: bool = False, progress: bool = True) -> dict:
-    """Metrics of a Predictor on every image of `dataset` (loaded at full resolution, no transform)."""
+                       scales: Sequence[float] = (1.0,), flip: bool = False, progress: bool = True,
+                       crf: Optional[DenseCRF] = None) -> dict:
+    """Metrics of a Predictor on every image of `dataset` (loaded at full resolution, no transform).
+
+    With a dense CRF (`crf`, else the predictor's own) the network's probabilities are computed
+    once per image and counted twice: plain (the top-level metrics) and CRF-refined (under "crf").
+    """
+    crf = as_crf(crf) or predictor.crf
     labels = dataset.labels
     if predictor.labels.class_names != labels.class_names:
         raise ConfigError(f"the checkpoint predicts {predictor.labels.num_classes} classes "
                          f"({', '.join(predictor.labels.class_names[:3])}, ...) but the dataset has "
                          f"{labels.num_classes} ({', '.join(labels.class_names[:3])}, ...)")
-    matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
     instance_files = _instance_files(dataset)
-    instances = InstanceStats() if instance_files else None
+    plain = _Tally(labels, bool(instance_files))
+    refined = _Tally(labels, bool(instance_files)) if crf else None
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         image, mask = dataset.load(index)
-        pred = predictor.predict(image, mode=mode, scales=scales, flip=flip)
-        matrix.update(torch.from_numpy(pred), torch.from_numpy(np.asarray(mask)))
-        if instances is not None:
-            instances.update(_to_label_ids(pred, labels), read_mask(instance_files[index]))
-    return _summary(matrix, labels, instances)
+        probs = predictor.network_proba(image, mode=mode, scales=scales, flip=flip)
+        target = torch.from_numpy(np.asarray(mask))
+        instance_ids = read_mask(instance_files[index]) if instance_files else None
+        plain.add(probs.argmax(axis=0).astype(np.uint8), target, instance_ids)
+        if refined is not None:
+            refined.add(crf.refine(image, probs).argmax(axis=0).astype(np.uint8), target, instance_ids)
+    metrics = plain.summary()
+    if refined is not None:
+        metrics["crf"] = refined.summary()
+    return metrics
+
+
+class _Tally:
+    """One set of predictions' confusion matrix and, where instance ids exist, iIoU stats."""
+
+    def __init__(self, labels, with_instances: bool):
+        self.labels = labels
+        self.matrix = ConfusionMatrix(labels.num_classes, labels.ignore_index)
+        self.instances = InstanceStats() if with_instances else None
+
+    def add(self, pred: np.ndarray, target: torch.Tensor, instance_ids: Optional[np.ndarray]) -> None:
+        self.matrix.update(torch.from_numpy(pred), target)
+        if self.instances is not None:
+            self.instances.update(_to_label_ids(pred, self.labels), instance_ids)
+
+    def summary(self) -> dict:
+        return _summary(self.matrix, self.labels, self.instances)
 
 
 def evaluate_prediction_files(pred_dir: str | os.PathLike, dataset: SegmentationDataset,
@@ -200,11 +231,38 @@ def format_table(metrics: dict) -> str:
     lines.append(f"{'pixel accuracy':<15}{_pct(metrics['pixel_accuracy'])}")
     lines.append(f"{'mean accuracy':<15}{_pct(metrics['mean_accuracy'])}")
     lines.append(f"{'fw IoU':<15}{_pct(metrics['fw_iou'])}")
+    if "crf" in metrics:
+        lines += ["", _format_crf_comparison(metrics)]
     return "\n".join(lines)
 
 
+def _format_crf_comparison(metrics: dict) -> str:
+    """IoU per class and the summary numbers without and with the dense CRF, and the change (points)."""
+    refined = metrics["crf"]
+    header = f"{'dense CRF':<15}{'without':>8}{'with':>8}{'change':>8}"
+    rows = [(name, values["iou"], refined["per_class"][name]["iou"]) for name, values in metrics["per_class"].items()]
+    rows.append(None)
+    rows += [(title, metrics[key], refined[key]) for title, key in (
+        ("mIoU", "miou"), ("category mIoU", "category_miou"), ("pixel accuracy", "pixel_accuracy"),
+        ("mean accuracy", "mean_accuracy"), ("fw IoU", "fw_iou")) if key in metrics]
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if row is None:
+            lines.append("-" * len(header))
+            continue
+        name, before, after = row
+        change = after - before if _known(before) and _known(after) else None
+        lines.append(f"{name:<15}{_pct(before)}{_pct(after)}"
+                     + (f"{change * 100:>+8.2f}" if change is not None else f"{'n/a':>8}"))
+    return "\n".join(lines)
+
+
+def _known(value: Optional[float]) -> bool:
+    return value is not None and value == value
+
+
 def _pct(value: float) -> str:
-    return f"{'n/a':>8}" if value is None or value != value else f"{value * 100:>8.2f}"
+    return f"{'n/a':>8}" if not _known(value) else f"{value * 100:>8.2f}"
 
 
 def write_metrics(metrics: dict, settings: dict, out: Path) -> Path:
@@ -214,21 +272,26 @@ def write_metrics(metrics: dict, settings: dict, out: Path) -> Path:
 def run_evaluation(data_root: str | os.PathLike, *, split: str = "val", checkpoint: Optional[str] = None,
                    predictions: Optional[str] = None, dataset: Optional[str] = None, mode: str = "whole",
                    scales: Sequence[float] = (1.0,), flip: bool = False, out: Optional[str | os.PathLike] = None,
-                   device: str = "auto", progress: bool = True) -> tuple[dict, Path]:
-    """Everything `urbanseg evaluate` does: score, write metrics.json and the two figures."""
+                   device: str = "auto", progress: bool = True, crf: Optional[DenseCRF] = None,
+                   backend: str = "auto") -> tuple[dict, Path]:
+    """Everything `urbanseg evaluate` does: score, write metrics.json and the two figures. With
+    `crf`, metrics.json also holds the CRF-refined metrics under "crf" (the figures are without)."""
     if (checkpoint is None) == (predictions is None):
         raise ConfigError("evaluate: give either a checkpoint or --predictions DIR (not both)")
+    if crf and predictions is not None:
+        raise ConfigError("--crf: needs a checkpoint or .onnx model (prediction files carry no probabilities)")
+    crf = as_crf(crf)  # a missing pydensecrf2 is reported before any work
     data_cfg = DataConfig(dataset=dataset or "cityscapes")
     predictor = None
     if checkpoint is not None:
-        predictor = load(checkpoint, device=device)  # a checkpoint or an exported .onnx model
+        predictor = load(checkpoint, device=device, backend=backend)  # a checkpoint or an exported .onnx model
         saved = predictor.config.data  # the class set the model was trained on, at full resolution, uncached
         data_cfg = DataConfig(dataset=dataset or saved.dataset, classes=saved.classes, class_names=saved.class_names,
                               ignore_index=saved.ignore_index, palette=saved.palette)
     data_cfg.root = str(data_root)
     data_set = build_dataset(data_cfg, split)
     if predictor is not None:
-        metrics = evaluate_predictor(predictor, data_set, mode, scales, flip, progress)
+        metrics = evaluate_predictor(predictor, data_set, mode, scales, flip, progress, crf)
     else:
         metrics = evaluate_prediction_files(predictions, data_set, progress)
     if out is None:  # a checkpoint's run folder (RUN/checkpoints/best.pt -> RUN/eval-val), else beside the file
@@ -240,7 +303,8 @@ def run_evaluation(data_root: str | os.PathLike, *, split: str = "val", checkpoi
     height, width = read_mask(data_set.samples[0].mask).shape[:2]
     settings = {"checkpoint": str(checkpoint) if checkpoint else None, "predictions": str(predictions) if predictions else None,
                 "data_root": str(data_root), "split": split, "dataset": data_cfg.dataset, "images": len(data_set),
-                "resolution": [height, width], "mode": mode, "scales": list(scales), "flip": flip}
+                "resolution": [height, width], "mode": mode, "scales": list(scales), "flip": flip,
+                "crf": crf.to_dict() if crf else None}
     write_metrics(metrics, settings, out)
     plot_confusion(np.array(metrics["confusion_matrix"]), data_set.labels.class_names, out / "confusion_matrix.png")
     plot_class_iou(metrics, data_set.labels, out / "class_iou.png")

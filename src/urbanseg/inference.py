@@ -5,7 +5,8 @@
     probs = predictor.predict_proba(image_array)         # CxHxW float32, sums to 1 per pixel
 
 Whole-image or sliding-window inference (window = the training crop, overlapping by a third),
-optionally averaged over horizontal flips and several scales; probabilities always come back at
+optionally averaged over horizontal flips and several scales, optionally refined by a dense CRF
+(`crf=True` or a `urbanseg.crf.DenseCRF`; the `crf` extra); probabilities always come back at
 the input image's own resolution. Checkpoints are read with `weights_only=True`.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import Config
+from .crf import DenseCRF, as_crf
 from .data.io import read_image
 from .data.labels import LabelSet
 from .data.preset import Preset
@@ -49,16 +51,27 @@ class TorchBackend:
 
 class Predictor:
     """A backend (PyTorch, or ONNX Runtime for an exported model), the labels it predicts and the
-    preprocessing preset it was trained with. `config` is the run's config when the file has one."""
+    preprocessing preset it was trained with. `config` is the run's config when the file has one;
+    `crf` (None, True for DeepLab's parameters, or a DenseCRF) refines every prediction."""
 
     def __init__(self, backend: Callable[[torch.Tensor], torch.Tensor], labels: LabelSet, preset: Preset = Preset(),
-                 config: Optional[Config] = None):
+                 config: Optional[Config] = None, crf: Union[None, bool, DenseCRF] = None):
         self.backend = backend
         self.device = getattr(backend, "device", torch.device("cpu"))
         self.labels = labels
         self.preset = preset
         self.config = config
         self.window = preset.window  # (h, w) of sliding windows; may be changed
+        self.crf = crf
+
+    @property
+    def crf(self) -> Optional[DenseCRF]:
+        """The dense CRF applied by `predict_proba` (and so `predict`), or None; may be changed."""
+        return self._crf
+
+    @crf.setter
+    def crf(self, value: Union[None, bool, DenseCRF]) -> None:
+        self._crf = as_crf(value)  # fails now, not at the first image, when pydensecrf2 is missing
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> "Predictor":
@@ -70,15 +83,23 @@ class Predictor:
         """HxW uint8 class indices (see `predict_proba` for the options)."""
         return self.predict_proba(image, **options).argmax(axis=0).astype(np.uint8)
 
-    @torch.no_grad()
     def predict_proba(self, image: ImageInput, mode: str = "whole", scales: Sequence[float] = (1.0,),
                       flip: bool = False) -> np.ndarray:
         """CxHxW class probabilities at the image's resolution.
 
         mode: "whole" (one forward pass per scale) or "slide" (overlapping windows of the
         training crop size); scales: relative to the validation size the model was trained for;
-        flip: also predict the mirrored image. Probabilities of all passes are averaged.
+        flip: also predict the mirrored image. Probabilities of all passes are averaged, then
+        refined by `self.crf` when it is set.
         """
+        array = as_rgb_array(image)
+        probs = self.network_proba(array, mode, scales, flip)
+        return self.crf.refine(array, probs) if self.crf is not None else probs
+
+    @torch.no_grad()
+    def network_proba(self, image: ImageInput, mode: str = "whole", scales: Sequence[float] = (1.0,),
+                      flip: bool = False) -> np.ndarray:
+        """`predict_proba` without the CRF: the network's probabilities, averaged over the passes."""
         if mode not in ("whole", "slide"):
             raise ConfigError(f"mode: expected 'whole' or 'slide', got '{mode}'")
         array = as_rgb_array(image)
@@ -146,12 +167,34 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     return array[..., :3]
 
 
-def load(path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto") -> Predictor:
-    """The Predictor of a checkpoint (`.pt`, PyTorch) or an exported model (`.onnx`, ONNX Runtime):
-    `urbanseg.load("best.pt").predict(image)`; both give the same API."""
-    if str(path).lower().endswith(".onnx"):
-        # imported here: ONNX Runtime is an optional extra (`pip install urbanseg[deploy]`)
+BACKENDS = ("auto", "pytorch", "onnxruntime", "openvino")
+
+
+def load(path: Union[str, os.PathLike], device: str = "auto", precision: str = "auto",
+         backend: str = "auto", crf: Union[None, bool, DenseCRF] = None) -> Predictor:
+    """The Predictor of a checkpoint (`.pt`, PyTorch) or an exported model (`.onnx`, ONNX Runtime,
+    or OpenVINO with `backend="openvino"`): `urbanseg.load("best.pt").predict(image)`; all give
+    the same API. `precision` applies to PyTorch and OpenVINO (an ONNX Runtime graph computes in
+    the precision it was exported with). `crf`: see `Predictor`."""
+    crf = as_crf(crf)  # a missing pydensecrf2 is reported before the model is read
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    exported = str(path).lower().endswith(".onnx")
+    if backend == "pytorch" and exported:
+        raise ConfigError(f"backend: pytorch runs checkpoints (.pt); {path} is an exported model")
+    if backend in ("onnxruntime", "openvino") and not exported:
+        raise ConfigError(f"backend: {backend} runs exported models (.onnx); {path} is not one "
+                          "(`urbanseg export` makes one)")
+    # imported here: ONNX Runtime and OpenVINO are optional extras (`pip install urbanseg[deploy]`)
+    if exported and backend == "openvino":
+        from .openvino_model import load_openvino
+
+        predictor = load_openvino(path, device, precision)
+    elif exported:
         from .onnx_model import load_onnx
 
-        return load_onnx(path, device)
-    return Predictor.from_checkpoint(path, device, precision)
+        predictor = load_onnx(path, device)
+    else:
+        predictor = Predictor.from_checkpoint(path, device, precision)
+    predictor.crf = crf
+    return predictor

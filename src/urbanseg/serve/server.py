@@ -28,9 +28,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def serve(model_path: Union[str, os.PathLike], host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = 20, max_megapixels: float = 12, queue: int = 8, workers: int = 1,
-          token: Optional[str] = None, device: str = "auto", log_level: str = "info") -> None:
+          token: Optional[str] = None, device: str = "auto", backend: str = "auto", log_level: str = "info") -> None:
     """Load a checkpoint (`.pt`) or exported model (`.onnx`) and serve it until interrupted."""
-    predictor = load(model_path, device=device)
+    predictor = load(model_path, device=device, backend=backend)
     app = create_app(predictor, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, queue=queue,
                      workers=workers, token=token, model_name=Path(model_path).name)
     if workers > 1 and getattr(predictor.backend, "name", "") == "pytorch":
