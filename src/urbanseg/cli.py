@@ -118,11 +118,62 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiments.cv import run_cv
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = args.run_dir or Path("runs") / f"cv-{args.config.stem if args.config else 'default'}"
+    try:
+        summary = run_cv(cfg, run_dir, args.folds, group=args.group, seed=args.seed, fold=args.fold,
+                         summarize_only=args.summarize)
+    except KeyboardInterrupt:
+        print(f"urbanseg: interrupted; the same command continues where it stopped ({run_dir})", file=sys.stderr)
+        return 130
+    if summary is None:
+        return 0
+    held_out = summary["heldout"]
+    for row in held_out["per_fold"]:
+        print(f"fold {row['fold']}: held-out mIoU {row['miou']:.4f}, pixel accuracy {row['pixel_accuracy']:.4f}")
+    print(f"mean ± std over {summary['folds']} folds: mIoU {held_out['mean']['miou']:.4f} ± "
+          f"{held_out['std']['miou']:.4f}")
+    if "val" in summary:
+        print(f"fold ensemble on {summary['val']['split']}: mIoU {summary['val']['ensemble']['miou']:.4f}")
+    print(f"summary in {run_dir / 'cv_summary.md'}, {run_dir / 'cv_summary.json'} and {run_dir / 'cv_class_iou.png'}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .report import write_run_figures
 
     for path in write_run_figures(args.run_dir):
         print(path)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiments.space import load_space
+    from .experiments.tune import tune
+
+    cfg = load_config(args.config, args.overrides)
+    space = load_space(args.space)
+    study = args.study or (args.config.stem if args.config else "default")
+    study_dir = args.run_dir or Path("runs") / f"tune-{study}"
+    try:
+        result = tune(cfg, space, args.trials, study_dir, study, storage=args.storage, pruner=args.pruner,
+                      metric=args.metric, seed=args.seed)
+    except KeyboardInterrupt:
+        print(f"urbanseg: interrupted; the trial in progress is marked failed, the outputs so far are in "
+              f"{study_dir}; the same command continues the study", file=sys.stderr)
+        return 130
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.best_trial is None:
+        print(f"{result.finished} trials finished, none complete (all pruned or failed); see {study_dir / 'trials.csv'}")
+    else:
+        print(f"{result.finished} trials finished; best: trial {result.best_trial}, {args.metric or cfg.trainer.monitor} "
+              f"{result.best_value:.4f}; its config is {study_dir / 'best.yaml'}, every trial in {study_dir / 'trials.csv'}")
     return 0
 
 
@@ -216,9 +267,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_argument(p)
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("cv", help="grouped k-fold cross-validation of a config (resumable, one fold per machine if wanted)")
+    p.add_argument("--config", type=Path, help="YAML recipe, as for train")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.max_steps=2000")
+    p.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds")
+    p.add_argument("--group", choices=["city", "sequence", "none"],
+                   help="what stays in one fold (default: city for Cityscapes, sequence for CamVid, "
+                        "data.group_pattern or none for folder datasets)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    p.add_argument("--fold", type=int, metavar="I", help="train fold I only (0..K-1), e.g. one per machine")
+    p.add_argument("--summarize", action="store_true", help="only collect the finished folds into the summary")
+    p.add_argument("--run-dir", type=Path, help="output folder (default runs/cv-<config name>)")
+    p.set_defaults(func=cmd_cv)
+
     p = sub.add_parser("plot", help="(re)draw a run's training curves, figures and HTML report")
     p.add_argument("run_dir", type=Path)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna: pruning, resumable, several processes on one study")
+    p.add_argument("--config", type=Path, help="YAML recipe every trial starts from, as for train")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, such as trainer.max_minutes=10")
+    p.add_argument("--space", type=Path, required=True,
+                   help="YAML mapping dotted keys to distributions, e.g. 'optim.lr: {log_float: [1e-4, 1e-2]}'")
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="finished trials (complete or pruned) the study should hold, counting earlier runs and other processes")
+    p.add_argument("--storage", help="Optuna journal file (one machine) or database URL such as "
+                   "postgresql://user@host/db (several machines); default <run dir>/journal.log")
+    p.add_argument("--study", help="study name (default: the config's file name)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    p.add_argument("--metric", help="what to optimise, e.g. val/mIoU or val/loss (default: the config's trainer.monitor)")
+    p.add_argument("--seed", type=int, help="seed of the TPE sampler (default: the config's trainer.seed)")
+    p.add_argument("--run-dir", type=Path, help="study folder (default runs/tune-<study>); trials in <run dir>/trial-<number>")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a checkpoint to a self-describing ONNX model, checked against PyTorch")
     p.add_argument("checkpoint", type=Path)

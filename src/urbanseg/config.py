@@ -25,11 +25,15 @@ class DataConfig:
     root: str = "data/cityscapes"
     train_split: str = "train"
     val_split: str = "val"
+    # text files of sample names, one a line, restricting the train / val split to them (`urbanseg cv` folds)
+    train_samples: Optional[str] = None
+    val_samples: Optional[str] = None
     classes: Union[str, Dict[str, List[str]]] = "official"  # Cityscapes class set (see data.labels)
     # folder datasets: <root>/<split>/images and <root>/<split>/masks unless given
     class_names: Optional[List[str]] = None
     ignore_index: int = 255
     palette: Optional[List[List[int]]] = None
+    group_pattern: Optional[str] = None  # regex on the sample name: what stays together in `urbanseg cv`
     cache: Optional[str] = None  # folder of the decoded-array cache
     load_size: Optional[List[int]] = None  # [height, width] images are resized to on loading (and cached at)
     batch_size: int = 8

@@ -2,7 +2,9 @@
 
     <root>/{train,val,test}/*.png  and  <root>/{train,val,test}annot/*.png
 
-Masks hold class indices 0..10; 11 (void) is ignored.
+Masks hold class indices 0..10; 11 (void) is ignored. Frames are named `<sequence>_<frame>`
+(`0001TP_006690`, `Seq05VD_f00000`); the sequence is each sample's group, which cross-validation
+keeps in one fold (neighbouring frames of a video are near-duplicates).
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 
 
+def sequence_of(name: str) -> str:
+    """The video sequence of a CamVid frame name: the part before the first `_`."""
+    return name.split("_", 1)[0]
+
+
 class CamVid(SegmentationDataset):
     options = ()  # the data.* keys only this dataset reads
 
@@ -41,6 +48,6 @@ class CamVid(SegmentationDataset):
         if split not in SPLITS:
             raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, got '{split}'")
         root = Path(root)
-        samples = pair_by_stem(root / split, root / f"{split}annot")
+        samples = [s._replace(group=sequence_of(s.name)) for s in pair_by_stem(root / split, root / f"{split}annot")]
         super().__init__(samples, camvid_label_set(), transform, loader)
         self.root, self.split = root, split

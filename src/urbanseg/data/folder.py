@@ -1,11 +1,14 @@
 """Any folder of images and masks, paired by file stem (`a.jpg` <-> `a.png`).
 
 Masks are index images (value i = class i, `ignore_index` ignored) or, when a palette is given,
-RGB images coloured with that palette.
+RGB images coloured with that palette. `group_pattern` (a regex on the file stem; the group is
+its first capture group, or the whole match) says which images cross-validation keeps together,
+e.g. `^(.+?)_` for `<drive>_<frame>` names.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -36,10 +39,25 @@ def pair_by_stem(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) ->
     return [Sample(image=images[s], mask=masks[s], name=s) for s in sorted(images)]
 
 
+def with_groups(samples: Sequence[Sample], pattern: str) -> list[Sample]:
+    """Samples with `group` set from `pattern` (data.group_pattern) searched in each name."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(f"data.group_pattern: not a valid regular expression ({error})") from None
+    grouped = []
+    for sample in samples:
+        found = regex.search(sample.name)
+        if found is None:
+            raise DataError(f"{sample.image}: name '{sample.name}' does not match data.group_pattern '{pattern}'")
+        grouped.append(sample._replace(group=found.group(1) if regex.groups else found.group(0)))
+    return grouped
+
+
 class FolderDataset(SegmentationDataset):
     """`<root>/<split>/images/` and `<root>/<split>/masks/` when built from a config."""
 
-    options = ("class_names", "palette", "ignore_index")  # the data.* keys only this dataset reads
+    options = ("class_names", "palette", "ignore_index", "group_pattern")  # the data.* keys only this dataset reads
 
     @classmethod
     def from_config(cls, cfg: "DataConfig", split: str, transform: Optional[Transform] = None,
@@ -48,7 +66,7 @@ class FolderDataset(SegmentationDataset):
             raise ConfigError("data.class_names: a folder dataset needs its class names")
         root = Path(cfg.root) / split
         return cls(root / "images", root / "masks", cfg.class_names, cfg.ignore_index, cfg.palette,
-                   transform=transform, loader=loader)
+                   transform=transform, loader=loader, group_pattern=cfg.group_pattern)
 
     def __init__(
         self,
@@ -59,9 +77,13 @@ class FolderDataset(SegmentationDataset):
         palette: Optional[Sequence[Sequence[int]]] = None,
         transform: Optional[Transform] = None,
         loader: Optional[DirectLoader] = None,
+        group_pattern: Optional[str] = None,
     ):
         labels = folder_label_set(classes, ignore_index, palette)
-        super().__init__(pair_by_stem(images_dir, masks_dir), labels, transform, loader)
+        samples = pair_by_stem(images_dir, masks_dir)
+        if group_pattern is not None:
+            samples = with_groups(samples, group_pattern)
+        super().__init__(samples, labels, transform, loader)
         self.colour_masks = palette is not None
 
     def encode_mask(self, raw_mask: np.ndarray, path: Path) -> np.ndarray:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import DataConfig
 from ..data import SegmentationDataset, build_dataset, config_size
 from ..data.preset import Preset
+from ..data.sample_lists import restrict_to_list
 from ..data.transforms import AugmentConfig, eval_transform, train_transform
 from ..errors import ConfigError
 
@@ -23,10 +24,15 @@ def augment_config(cfg: DataConfig) -> AugmentConfig:
 
 
 def build_train_val(cfg: DataConfig, preset: Preset = Preset()) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The training split with its augmentation and the validation split at `data.val_resize`."""
+    """The training split with its augmentation and the validation split at `data.val_resize`, each
+    restricted to the samples `data.train_samples` / `data.val_samples` list when set."""
     train = build_dataset(cfg, cfg.train_split)
     train.transform = train_transform(augment_config(cfg), train.labels.ignore_index, preset)
     val = build_dataset(cfg, cfg.val_split, eval_transform(config_size(cfg.val_resize, "data.val_resize"), preset))
+    if cfg.train_samples is not None:
+        restrict_to_list(train, cfg.train_samples)
+    if cfg.val_samples is not None:
+        restrict_to_list(val, cfg.val_samples)
     return train, val
 
 

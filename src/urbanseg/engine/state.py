@@ -11,7 +11,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -76,6 +76,7 @@ class TrainState:
     length: RunLength
     progress: Progress
     log: Optional[RunLog]  # rank 0 only
+    on_evaluation: Optional[Callable[[int, dict], None]] = None  # see `train.train`; main process only
 
     @property
     def checkpoint_dir(self) -> Path:

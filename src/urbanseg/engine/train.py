@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -30,11 +30,15 @@ from .precision import pick_device
 from .state import TrainState, build_training, check_settings
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: Config, run_dir: str | Path, resume: bool = False,
+          on_evaluation: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Train as configured; returns the last validation metrics and where the checkpoints are.
 
     With `resume`, training continues from `run_dir/checkpoints/last.pt` at its step; `cfg` should
     then be the run's own config (see `checkpoint.resume_config`), possibly with a longer schedule.
+    `on_evaluation(step, metrics)` runs on the main process after each evaluation, once its
+    checkpoints are written (`experiments.tune` reports to Optuna there); an exception it raises
+    stops the run, leaving the run directory as it is after any evaluation.
     """
     check_settings(cfg)
     run_dir = Path(run_dir)
@@ -44,7 +48,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     if dist.enabled and device.type == "cuda":
         device = torch.device(f"cuda:{dist.local_rank}")
     try:
-        return fit(build_training(cfg, run_dir, resume_from, device, dist))
+        state = build_training(cfg, run_dir, resume_from, device, dist)
+        state.on_evaluation = on_evaluation
+        with contextlib.closing(state.log) if state.log is not None else contextlib.nullcontext():
+            return fit(state)  # the log is closed when fit stops early too (an error, a pruned trial)
     finally:
         shutdown_distributed()
 
@@ -178,6 +185,8 @@ def evaluate_and_checkpoint(s: TrainState) -> dict:
     if improved:
         save_training_checkpoint(s, "best.pt")
     save_training_checkpoint(s, "last.pt")
+    if s.on_evaluation is not None and s.dist.is_main:
+        s.on_evaluation(p.step, metrics)
     return metrics
 
 
