@@ -110,9 +110,11 @@ def read_curves(metrics_csv: Path) -> dict:
 
 
 def plot_curves(metrics_csv: Path, path: Path) -> Path:
-    """Loss (train and val), validation mIoU and learning rate against the optimizer step."""
+    """Loss (train and val), validation mIoU and learning rate against the optimizer step, and
+    validation mIoU against minutes of training (time to accuracy) when the run logged them."""
     curves = read_curves(metrics_csv)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    by_time = minutes_curve(curves["val"], "miou")
+    fig, axes = plt.subplots(1, 4 if by_time else 3, figsize=(17.5 if by_time else 13, 3.4))
     for split, style in (("train", "-"), ("val", "o-")):
         points = curves[split].get("loss")
         if points:
@@ -132,7 +134,19 @@ def plot_curves(metrics_csv: Path, path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    if by_time:
+        axes[3].plot(*zip(*by_time), "o-", markersize=3)
+        axes[3].set_ylim(0, 1)
+        axes[3].set_title("Validation mIoU against time")
+        axes[3].set_xlabel("minutes of training (net of evaluation)")
     return _save(fig, path)
+
+
+def minutes_curve(split_curves: dict, key: str) -> list[tuple[float, float]]:
+    """(minutes of training, value) for the rows that logged both (runs before urbanseg logged
+    `train_seconds` have none)."""
+    seconds = dict(split_curves.get("train_seconds", []))
+    return [(seconds[step] / 60, value) for step, value in split_curves.get(key, []) if step in seconds]
 
 
 def sample_grid(rows: Sequence[tuple], labels: LabelSet, path: Path, title: str = "") -> Path:

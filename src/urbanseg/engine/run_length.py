@@ -4,6 +4,11 @@
 `trainer.max_minutes`, `total_steps` is fitted to the steps that fit in the budget, and the
 schedule anneals to it, so the learning rate still decays by the end; a budget may shorten the
 run, never lengthen it past the plan. A resumed run keeps the length it was fitted to.
+
+It also keeps the run's clock: `trained_seconds()` is wall-clock time spent training, net of
+evaluations and checkpoints, summed over resumes (metrics.csv logs it with every row, so curves
+can be drawn against minutes), and `next_evaluation` spaces evaluations in time when a budget is
+set and `trainer.eval_every` is not.
 """
 from __future__ import annotations
 
@@ -20,25 +25,63 @@ class RunLength:
     ones are often slower. Time spent in evaluations (`paused()`) does not count."""
 
     warmup_steps, timed_steps, refit_every = 5, 20, 50
+    # evaluations under a time budget: about `curve_points` of them, costing at most `eval_share` of it
+    curve_points, eval_share, probe_steps = 30, 0.05, 10
 
     def __init__(self, planned_steps: int, max_minutes: Optional[float] = None, start_step: int = 0,
-                 fitted_steps: Optional[int] = None):
+                 fitted_steps: Optional[int] = None, trained_seconds: float = 0.0):
         self.planned_steps = planned_steps
         self.fitted_steps = fitted_steps
         self.total_steps = planned_steps if fitted_steps is None else min(fitted_steps, planned_steps)
-        self.budget_seconds = max_minutes * 60 if max_minutes and fitted_steps is None else None
+        self.max_seconds = max_minutes * 60 if max_minutes else None  # the budget, kept on resume
+        self.budget_seconds = self.max_seconds if fitted_steps is None else None  # still to be fitted
         self.start_step, self.start = start_step, time.perf_counter()
+        self.prior_seconds = trained_seconds  # trained before this process started (a resumed run)
         self.timer_step: Optional[int] = None
         self.timer_start, self.timer_excluded = 0.0, 0.0
         self.excluded = 0.0  # seconds in evaluations since the start
+        self._paused_at: Optional[float] = None
+        self.last_pause = 0.0  # seconds of the latest `paused()` block
+        self.next_eval_step: Optional[int] = None  # time-spaced evaluations (see `time_spaced_evaluation_due`)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        begin = time.perf_counter()
+        begin = self._paused_at = time.perf_counter()
         try:
             yield
         finally:
-            self.excluded += time.perf_counter() - begin
+            self._paused_at = None
+            self.last_pause = time.perf_counter() - begin
+            self.excluded += self.last_pause
+
+    def trained_seconds(self) -> float:
+        """Wall-clock seconds of training so far, net of evaluations (frozen while paused)."""
+        now = self._paused_at if self._paused_at is not None else time.perf_counter()
+        return self.prior_seconds + now - self.start - self.excluded
+
+    def time_spaced_evaluation_due(self, step: int) -> bool:
+        """With a budget: whether optimizer step `step` ends with an evaluation. The first comes a
+        `curve_points`-th of the budget after the start (timed over `probe_steps` steps); each
+        evaluation then schedules the next (`evaluated`). Rank 0's clock decides, at steps every
+        rank reaches together, so all ranks evaluate at the same step."""
+        if self.next_eval_step is None and step - self.start_step == self.probe_steps:
+            first = self.start_step + self._steps_for(self.max_seconds / self.curve_points, step)
+            self.next_eval_step = broadcast_object(max(first, step + 1))
+        return self.next_eval_step is not None and step >= self.next_eval_step
+
+    def evaluated(self, step: int) -> None:
+        """After an evaluation at `step` (the latest `paused()` block): the next one a
+        `curve_points`-th of the budget later, or later still so that evaluations cost at most
+        `eval_share` of the time."""
+        if self.max_seconds is None:
+            return
+        interval = max(self.max_seconds / self.curve_points, self.last_pause * (1 - self.eval_share) / self.eval_share)
+        self.next_eval_step = broadcast_object(step + self._steps_for(interval, step))
+
+    def _steps_for(self, seconds: float, step: int) -> int:
+        """Optimizer steps that take about `seconds`, at this process's average pace so far."""
+        per_step = (self.trained_seconds() - self.prior_seconds) / max(step - self.start_step, 1)
+        return max(1, round(seconds / max(per_step, 1e-9)))
 
     def refit(self, step: int) -> Optional[int]:
         """After optimizer step `step`: the run's new length where it is (re)computed, else None.
@@ -63,4 +106,4 @@ class RunLength:
         return self.total_steps
 
     def state_dict(self) -> dict:
-        return {"fitted_steps": self.fitted_steps}
+        return {"fitted_steps": self.fitted_steps, "trained_seconds": self.trained_seconds()}

@@ -13,8 +13,9 @@ from typing import Optional
 
 from ..files import write_text
 
+# train_seconds: wall-clock seconds of training up to the row, net of evaluations (`RunLength.trained_seconds`)
 COLUMNS = ["step", "epoch", "split", "loss", "lr", "images_per_s", "miou", "pixel_accuracy", "mean_accuracy",
-           "category_miou"]
+           "category_miou", "train_seconds"]
 
 
 class RunLog:

@@ -139,9 +139,10 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)
-    progress, fitted_steps = _progress_of(resume_from, run_dir)
+    progress, run_length = _progress_of(resume_from, run_dir)
     planned_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
-    length = RunLength(planned_steps, t.max_minutes, progress.step, fitted_steps)
+    length = RunLength(planned_steps, t.max_minutes, progress.step, run_length.get("fitted_steps"),
+                       run_length.get("trained_seconds", 0.0))
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, length.total_steps, steps_per_epoch)
     _prepare_run_dir(cfg, run_dir, resumed=resume_from is not None, dist=dist)
 
@@ -199,13 +200,14 @@ def _batch_norm_for(model: nn.Module, sync: bool, device: torch.device, dist: Di
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _progress_of(checkpoint: Optional[Checkpoint], run_dir: Path) -> tuple[Progress, Optional[int]]:
-    """Where a resumed run stands (step, epoch, best value, ...) and the length it was fitted to."""
+def _progress_of(checkpoint: Optional[Checkpoint], run_dir: Path) -> tuple[Progress, dict]:
+    """Where a resumed run stands (step, epoch, best value, ...) and its `RunLength.state_dict()`
+    (the length it was fitted to, the seconds it has trained)."""
     if checkpoint is None:
-        return Progress(), None
+        return Progress(), {}
     if checkpoint.training is None:
         raise CheckpointError(f"{run_dir / 'checkpoints' / 'last.pt'}: holds no training state; cannot resume")
-    return Progress(**checkpoint.training["progress"]), checkpoint.training["run_length"]["fitted_steps"]
+    return Progress(**checkpoint.training["progress"]), dict(checkpoint.training["run_length"])
 
 
 def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer, schedule: LRSchedule, scaler, ema,

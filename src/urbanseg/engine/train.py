@@ -96,7 +96,9 @@ def after_step(s: TrainState, bar: tqdm, loss: torch.Tensor, lr: float, throughp
         log_training(s, bar, loss.item(), lr, throughput.take())  # .item(): a CPU-GPU sync, only when logging
     if evaluation_due(s):
         with s.length.paused():
-            return evaluate_and_checkpoint(s)
+            metrics = evaluate_and_checkpoint(s)
+        s.length.evaluated(p.step)  # spaces the next one when a time budget does
+        return metrics
     if t.save_every and p.step % t.save_every == 0:
         with s.length.paused():
             save_training_checkpoint(s, "last.pt")
@@ -151,9 +153,14 @@ def check_finite(loss: torch.Tensor, s: TrainState) -> None:
 
 
 def evaluation_due(s: TrainState) -> bool:
-    """Every `trainer.eval_every` steps, else at the end of each epoch."""
+    """Every `trainer.eval_every` steps; else, with `trainer.max_minutes`, spaced in time (about 30
+    times per budget, at most ~5% of it: `RunLength`); else at the end of each epoch."""
     every = s.cfg.trainer.eval_every
-    return s.progress.step % every == 0 if every else s.progress.steps_in_epoch == s.steps_per_epoch
+    if every:
+        return s.progress.step % every == 0
+    if s.cfg.trainer.max_minutes:
+        return s.length.time_spaced_evaluation_due(s.progress.step)
+    return s.progress.steps_in_epoch == s.steps_per_epoch
 
 
 def evaluate_and_checkpoint(s: TrainState) -> dict:
@@ -173,7 +180,7 @@ def evaluate_and_checkpoint(s: TrainState) -> dict:
         p.evals_without_improvement += 1
     s.schedule.observe(value, higher_is_better)
     if s.dist.is_main:
-        s.log.log("val", p.step, p.epoch, metrics)
+        s.log.log("val", p.step, p.epoch, {**metrics, "train_seconds": s.length.trained_seconds()})
         write_json(s.run_dir / "val_metrics.json", json_safe({"step": p.step, **metrics}))
         if t.sample_images:
             save_sample_grid(s.eval_model, s.val_set, t.sample_images, s.device, s.precision, s.preset,
@@ -212,7 +219,8 @@ def save_training_checkpoint(s: TrainState, name: str) -> None:
 def log_training(s: TrainState, bar: tqdm, loss: float, lr: float, images_per_s: float) -> None:
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
     if s.log is not None:
-        s.log.log("train", s.progress.step, s.progress.epoch, {"loss": loss, "lr": lr, "images_per_s": images_per_s})
+        s.log.log("train", s.progress.step, s.progress.epoch, {"loss": loss, "lr": lr, "images_per_s": images_per_s,
+                                                               "train_seconds": s.length.trained_seconds()})
 
 
 class Throughput:
