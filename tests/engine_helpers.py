@@ -31,3 +31,16 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
     kwargs.setdefault("cwd", REPO)  # README commands name recipes relative to the checkout
     return subprocess.run([sys.executable, "-m", "urbanseg", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
+
+
+class TickClock:
+    """A stand-in for the `time` module that engine/run_length.py reads: every reading is `tick`
+    seconds after the previous one, so a budget is spent after a fixed number of steps however busy
+    the machine is (run_length reads the clock a fixed number of times per step)."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now

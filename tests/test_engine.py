@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from engine_helpers import run_cli, tiny_config, tiny_overrides
+from engine_helpers import TickClock, run_cli, tiny_config, tiny_overrides
 from urbanseg.cli import main
 from urbanseg.engine import run_length as run_length_module
 from urbanseg.engine import state as state_module
@@ -190,21 +190,8 @@ def test_torchrun_two_processes_count_every_validation_image_once(cityscapes_roo
     assert single["confusion_matrix"] == distributed["confusion_matrix"]
 
 
-class _Clock:
-    """A stand-in for the `time` module that run_length.py reads: every reading is `tick` seconds
-    after the previous one, so a budget is spent after a fixed number of steps however busy the
-    machine is (run_length reads the clock once per step)."""
-
-    def __init__(self, tick: float):
-        self.now, self.tick = 0.0, tick
-
-    def perf_counter(self) -> float:
-        self.now += self.tick
-        return self.now
-
-
 def test_time_budget_shortens_the_run_and_still_anneals(cityscapes_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(run_length_module, "time", _Clock(0.05))  # 3 s of budget: about 60 steps
+    monkeypatch.setattr(run_length_module, "time", TickClock(0.05))  # 3 s of budget: about 60 steps
     cfg = tiny_config(cityscapes_root, "trainer.max_steps=100000", "trainer.max_minutes=0.05", "schedule.name=poly",
                       "trainer.eval_every=1000000")
     result = train(cfg, tmp_path / "run")

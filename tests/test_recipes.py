@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from urbanseg.config import load_config
-from urbanseg.data.labels import cityscapes_label_set
+from urbanseg.data.labels import camvid_label_set, cityscapes_label_set
 from urbanseg.engine.model import build_model
 from urbanseg.optim import build_optimizer
 from urbanseg.schedules import LRSchedule
@@ -22,7 +22,8 @@ def test_there_are_recipes_for_every_seed_system():
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_builds(recipe):
     cfg = load_config(recipe, ["model.encoder_weights=null"])  # no downloads here
-    num_classes = cityscapes_label_set(cfg.data.classes).num_classes
+    labels = camvid_label_set() if cfg.data.dataset == "camvid" else cityscapes_label_set(cfg.data.classes)
+    num_classes = labels.num_classes
     model = build_model(cfg.model, num_classes)
     optimizer = build_optimizer(cfg.optim, model)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, total_steps=1000, steps_per_epoch=10)

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from engine_helpers import tiny_config
+from engine_helpers import TickClock, tiny_config
 from urbanseg.engine import run_length as run_length_module
 from urbanseg.engine.checkpoint import load_checkpoint
 from urbanseg.engine.run_length import RunLength
@@ -70,21 +70,9 @@ def test_a_budget_spaces_evaluations_in_time_and_bounds_their_cost(monkeypatch):
     assert no_budget.next_eval_step is None
 
 
-class _TickClock:
-    """Each reading is `tick` seconds after the previous one: a budget is spent after a fixed number
-    of clock readings, however busy the machine is (as in test_engine.py)."""
-
-    def __init__(self, tick: float):
-        self.now, self.tick = 0.0, tick
-
-    def perf_counter(self) -> float:
-        self.now += self.tick
-        return self.now
-
-
 def test_every_row_logs_its_training_seconds_and_a_budget_draws_a_curve(cityscapes_root, tmp_path, monkeypatch):
     # a budget without eval_every: the run evaluates along the way, not only at the end
-    monkeypatch.setattr(run_length_module, "time", _TickClock(0.05))
+    monkeypatch.setattr(run_length_module, "time", TickClock(0.05))
     cfg = tiny_config(cityscapes_root, "trainer.max_steps=100000", "trainer.max_minutes=0.05",
                       "trainer.sample_images=0", "trainer.log_every=5")
     result = train(cfg, tmp_path / "run")
