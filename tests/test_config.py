@@ -37,7 +37,8 @@ def test_bad_files(tmp_path):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(expected ',' or '\]', but got '<stream end>' "
+                                          r"at line 2, column 1\)$"):
         load_config(bad)
 
 

@@ -102,6 +102,21 @@ def test_cityscapes_folds_keep_each_city_in_one_fold(tmp_path):
     with pytest.raises(ConfigError, match=r"--summarize: folds 0, 1, 2 of .* are not finished .*fold-0"):
         summarize(cfg, tmp_path / "cv", plan)
 
+    # one recipe for every fold: a changed training setting is refused, a machine's own paths are not
+    other = tiny_config(root, "optim.lr=0.05")
+    with pytest.raises(ConfigError, match=r"folds\.json: the folds were planned with optim\.lr = 0\.01, this run has "
+                                          r"0\.05; every fold must train the same recipe"):
+        plan_folds(other, tmp_path / "cv", 3, seed=4)
+    moved = tiny_config(root, "data.workers=1", f"data.cache={tmp_path / 'cache'}")
+    assert plan_folds(moved, tmp_path / "cv", 3, seed=4).folds == plan.folds
+    assert plan_folds(other, tmp_path / "cv", 3, seed=4, check_recipe=False).folds == plan.folds  # --summarize
+
+    # a mistyped --fold or an early --summarize writes no folds.json that would lock the run directory
+    for kwargs in ({"fold": 5}, {"summarize_only": True}):
+        with pytest.raises(ConfigError, match="^--fold: expected 0 to 2|^--summarize: .* holds no folds.json"):
+            run_cv(cfg, tmp_path / "fresh", 3, **kwargs)
+        assert not (tmp_path / "fresh").exists()
+
 
 def _png_pairs(images: Path, masks: Path, names, rng):
     for name in names:
@@ -187,6 +202,12 @@ def test_ensemble_of_checkpoints_needs_one_label_set_and_preset(tiny_checkpoint,
 
 
 # ---------------------------------------------------------------- end to end
+def _empty_recipe(folder: Path) -> Path:
+    """A recipe file that sets nothing: the defaults plus the command's overrides."""
+    (folder / "recipe.yaml").write_text("{}\n")
+    return folder / "recipe.yaml"
+
+
 def _miou(matrix: np.ndarray) -> float:
     tp = np.diag(matrix).astype(float)
     union = matrix.sum(0) + matrix.sum(1) - tp
@@ -196,7 +217,8 @@ def _miou(matrix: np.ndarray) -> float:
 @pytest.mark.slow
 def test_two_fold_cv_end_to_end(cityscapes_root, tmp_path, capsys):
     run = tmp_path / "cv"
-    code = main(["cv", "--folds", "2", "--run-dir", str(run), *tiny_overrides(cityscapes_root, *TINY_RUN)])
+    code = main(["cv", "--config", str(_empty_recipe(tmp_path)), "--folds", "2", "--run-dir", str(run),
+                 *tiny_overrides(cityscapes_root, *TINY_RUN)])
     out = capsys.readouterr().out
     assert code == 0 and "fold ensemble on val: mIoU" in out and "cv_summary.md" in out
 
@@ -214,6 +236,8 @@ def test_two_fold_cv_end_to_end(cityscapes_root, tmp_path, capsys):
         assert result["images"] == len(val_names) == 4
         assert sum(result["heldout"]["per_class"][c]["pixels"] for c in result["heldout"]["per_class"]) > 0
         assert (fold / "checkpoints" / "best.pt").exists() and (fold / "report.html").exists()
+        best_step = load_checkpoint(fold / "checkpoints" / "best.pt").training["progress"]["step"]
+        assert result["step"] == best_step and result["steps_trained"] == 4  # the scored checkpoint's step
         assert summary["heldout"]["per_fold"][i]["miou"] == pytest.approx(result["heldout"]["miou"])
     held = [r["heldout"]["miou"] for r in results]
     assert summary["heldout"]["mean"]["miou"] == pytest.approx(statistics.mean(held))
@@ -239,7 +263,8 @@ def test_two_fold_cv_end_to_end(cityscapes_root, tmp_path, capsys):
     assert (run / "cv_class_iou.png").stat().st_size > 0
 
     # --summarize only collects; a second full run trains nothing
-    assert main(["cv", "--folds", "2", "--run-dir", str(run), "--summarize", *tiny_overrides(cityscapes_root)]) == 0
+    assert main(["cv", "--config", str(_empty_recipe(tmp_path)), "--folds", "2", "--run-dir", str(run), "--summarize",
+                 *tiny_overrides(cityscapes_root)]) == 0
     assert json.loads((run / "cv_summary.json").read_text())["heldout"] == summary["heldout"]
 
 
@@ -257,7 +282,8 @@ def test_interrupted_cv_resumes_without_redoing_a_finished_fold(cityscapes_root,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "save_training_checkpoint", interrupt_before_saving)
-    args = ["cv", "--folds", "2", "--run-dir", str(run), *tiny_overrides(cityscapes_root, *TINY_RUN)]
+    args = ["cv", "--config", str(_empty_recipe(tmp_path)), "--folds", "2", "--run-dir", str(run),
+            *tiny_overrides(cityscapes_root, *TINY_RUN)]
     assert main(args) == 130
     assert "interrupted; the same command continues where it stopped" in capsys.readouterr().err
     assert (run / "fold-1" / "config.yaml").exists() and not (run / "fold-1" / "checkpoints" / "last.pt").exists()

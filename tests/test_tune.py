@@ -40,7 +40,9 @@ def tiny(root, steps: int = 4) -> list[str]:
 
 def tune_args(tmp_path, scenes, trials: int, *extra: str, space: str = SPACE) -> list[str]:
     (tmp_path / "space.yaml").write_text(space)
-    return ["tune", "--space", str(tmp_path / "space.yaml"), "--trials", str(trials), "--study", "s",
+    (tmp_path / "recipe.yaml").write_text("{}\n")  # the defaults; the overrides below make them tiny
+    return ["tune", "--config", str(tmp_path / "recipe.yaml"), "--space", str(tmp_path / "space.yaml"),
+            "--trials", str(trials), "--study", "s",
             "--run-dir", str(tmp_path / "study"), *extra, *tiny(scenes)]
 
 
@@ -65,6 +67,8 @@ def study_trials(tmp_path):
                                             "(data.batch_size: expected int, got 'four')"),
     ("model.name: {choice: [unet_scratch, unet_nope]}", "model.name: unknown model 'unet_nope'"),
     ("trainer.accumulate: {int: [0, 2]}", "trainer.accumulate: expected at least 1, got 0"),
+    ("trainer.max_steps: {int: [-5, 3]}", "trainer.max_steps: expected at least 1 (or null), got -5"),
+    ("optim.lr: [1e-3\n", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
 ])
 def test_a_bad_space_fails_before_any_trial_naming_the_key(tmp_path, scenes, capsys, space, message):
     assert main(tune_args(tmp_path, scenes, 2, space=space)) == 2

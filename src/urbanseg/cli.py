@@ -123,7 +123,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from .experiments.cv import run_cv
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = args.run_dir or Path("runs") / f"cv-{args.config.stem if args.config else 'default'}"
+    run_dir = args.run_dir or Path("runs") / f"cv-{args.config.stem}"
     try:
         summary = run_cv(cfg, run_dir, args.folds, group=args.group, seed=args.seed, fold=args.fold,
                          summarize_only=args.summarize)
@@ -158,7 +158,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     space = load_space(args.space)
-    study = args.study or (args.config.stem if args.config else "default")
+    study = args.study or args.config.stem
     study_dir = args.run_dir or Path("runs") / f"tune-{study}"
     try:
         result = tune(cfg, space, args.trials, study_dir, study, storage=args.storage, pruner=args.pruner,
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("cv", help="grouped k-fold cross-validation of a config (resumable, one fold per machine if wanted)")
-    p.add_argument("--config", type=Path, help="YAML recipe, as for train")
+    p.add_argument("--config", type=Path, required=True, help="YAML recipe, as for train")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as trainer.max_steps=2000")
     p.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds")
     p.add_argument("--group", choices=["city", "sequence", "none"],
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna: pruning, resumable, several processes on one study")
-    p.add_argument("--config", type=Path, help="YAML recipe every trial starts from, as for train")
+    p.add_argument("--config", type=Path, required=True, help="YAML recipe every trial starts from, as for train")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, such as trainer.max_minutes=10")
     p.add_argument("--space", type=Path, required=True,
                    help="YAML mapping dotted keys to distributions, e.g. 'optim.lr: {log_float: [1e-4, 1e-2]}'")

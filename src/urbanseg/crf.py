@@ -73,7 +73,7 @@ class DenseCRF:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise ConfigError(f"crf.{item.name}: expected a number, got {value!r}")
         if self.iterations != int(self.iterations) or self.iterations < 1:
-            raise ConfigError(f"crf.iterations: expected a whole number >= 1, got {self.iterations}")
+            raise ConfigError(f"crf.iterations: expected a whole number >= 1, got {self.iterations:g}")
         object.__setattr__(self, "iterations", int(self.iterations))
         for item in fields(self)[1:]:
             if getattr(self, item.name) <= 0:

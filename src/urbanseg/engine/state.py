@@ -101,6 +101,12 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"trainer.sample_images: expected 0 (no sample grids) or more, got {t.sample_images}")
     if t.max_steps is None and t.max_epochs is None:
         raise ConfigError("trainer.max_steps: set max_steps or max_epochs")
+    for key in ("max_steps", "max_epochs", "eval_every", "save_every", "log_every"):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"trainer.{key}: expected at least 1 (or null), got {value}")
+    if t.max_minutes is not None and not t.max_minutes > 0:
+        raise ConfigError(f"trainer.max_minutes: expected a number of minutes > 0 (or null), got {t.max_minutes}")
     if t.monitor not in MONITORS:
         raise ConfigError(f"trainer.monitor: expected one of {', '.join(MONITORS)}, got '{t.monitor}'")
     if cfg.data.rare_class_sampling is not None and cfg.data.rare_class_sampling <= 0:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from ..config import Config, DataConfig
 from ..data import SegmentationDataset, build_dataset
 from ..data.sample_lists import restrict_to_list, write_sample_list
-from ..engine.checkpoint import resume_config
+from ..engine.checkpoint import load_checkpoint, resume_config
 from ..engine.train import train
 from ..ensemble import ensemble_predictor
 from ..errors import ConfigError, DataError
@@ -91,24 +91,63 @@ def training_split(cfg: Config) -> SegmentationDataset:
     return restrict_to_list(dataset, cfg.data.train_samples) if cfg.data.train_samples else dataset
 
 
-def plan_folds(cfg: Config, run_dir: Path, folds: int, group: Optional[str] = None, seed: int = 0) -> CVPlan:
+def plan_folds(cfg: Config, run_dir: Path, folds: int, group: Optional[str] = None, seed: int = 0,
+               check_recipe: bool = True) -> CVPlan:
     """The folds saved in `run_dir/folds.json`, or a new grouped assignment saved there.
 
     A saved assignment made with another K, group mode or seed, or for other training images, is
-    an error: reassigning would mix folds of two assignments in one run directory."""
+    an error: reassigning would mix folds of two assignments in one run directory. So is, with
+    `check_recipe`, a recipe that differs from the one the folds were planned with (beyond the
+    keys that may differ between machines, `MACHINE_KEYS`): the summary averages the folds as one
+    recipe's."""
     group = group or default_group(cfg.data)
     check_group(group, cfg.data)
     path = run_dir / FOLDS_FILE
     samples = training_split(cfg).samples
     names = [sample.name for sample in samples]
     if path.exists():
-        return _saved_plan(path, names, folds, group, seed)
+        plan = _saved_plan(path, names, folds, group, seed)
+        if check_recipe:
+            _check_same_recipe(path, cfg)
+        return plan
     by_group = group_samples(names, ["" if group == "none" else s.group for s in samples])
     plan = CVPlan(assign_folds(by_group, folds, seed, GROUP_MODES[group][1]), group, seed)
     write_json(path, {"folds": folds, "group": group, "seed": seed, "dataset": cfg.data.dataset,
-                      "split": cfg.data.train_split, "images": len(names),
+                      "split": cfg.data.train_split, "images": len(names), "recipe": recipe_of(cfg),
                       "assignment": [fold.to_dict() for fold in plan.folds]})
     return plan
+
+
+# config keys that may differ between the machines (or runs) training the folds of one CV
+MACHINE_KEYS = frozenset({"data.root", "data.cache", "data.workers", "data.val_batch_size", "trainer.device",
+                          "trainer.log_every", "trainer.sample_images"})
+
+
+def recipe_of(cfg: Config) -> dict:
+    """The config as dotted keys, less `MACHINE_KEYS`: what every fold of one CV must share."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and prefix.count(".") < 1:  # sections and their keys, not option dicts
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        elif prefix not in MACHINE_KEYS:
+            flat[prefix] = value
+
+    walk("", cfg.to_dict())
+    return flat
+
+
+def _check_same_recipe(path: Path, cfg: Config) -> None:
+    saved = json.loads(path.read_text()).get("recipe")
+    if saved is None:  # folds.json written before urbanseg recorded the recipe
+        return
+    current = json.loads(json.dumps(recipe_of(cfg)))  # as JSON reads it back (tuples -> lists)
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise ConfigError(f"{path}: the folds were planned with {key} = {saved.get(key)!r}, this run has "
+                              f"{current.get(key)!r}; every fold must train the same recipe (use another "
+                              f"--run-dir for another one)")
 
 
 def _saved_plan(path: Path, names: list[str], folds: int, group: str, seed: int) -> CVPlan:
@@ -181,7 +220,8 @@ def run_fold(cfg: Config, run_dir: Path, plan: CVPlan, index: int) -> Optional[d
     predictor = load(best, device=fold_cfg.trainer.device)
     held_out = _full_resolution(fold_cfg.data, fold_cfg.data.val_split, fold_cfg.data.val_samples)
     result = {"fold": index, "groups": list(plan.folds[index].groups), "images": len(held_out),
-              "step": outcome["step"], "checkpoint": str(best.relative_to(directory)),
+              "step": load_checkpoint(best).training["progress"]["step"], "steps_trained": outcome["step"],
+              "checkpoint": str(best.relative_to(directory)),
               "heldout": evaluate_predictor(predictor, held_out)}
     val, reason = separate_val(cfg)
     if val is not None:
@@ -242,9 +282,11 @@ def run_cv(cfg: Config, run_dir: str | Path, folds: int, group: Optional[str] = 
     summarizes when all folds are finished; returns the summary, or None when folds remain
     (another process trains them) or on non-main torchrun processes."""
     run_dir = Path(run_dir)
-    plan = plan_folds(cfg, run_dir, folds, group, seed)
-    if fold is not None and not 0 <= fold < plan.k:
-        raise ConfigError(f"--fold: expected 0 to {plan.k - 1} (--folds {plan.k}), got {fold}")
+    if fold is not None and not 0 <= fold < folds:  # before folds.json is written: nothing to undo
+        raise ConfigError(f"--fold: expected 0 to {folds - 1} (--folds {folds}), got {fold}")
+    if summarize_only and not (run_dir / FOLDS_FILE).exists():
+        raise ConfigError(f"--summarize: {run_dir} holds no {FOLDS_FILE}; train the folds first")
+    plan = plan_folds(cfg, run_dir, folds, group, seed, check_recipe=not summarize_only)
     if not summarize_only:
         # under torchrun every process trains every fold (None: not the main one, which evaluates)
         main = [run_fold(cfg, run_dir, plan, index) is not None

@@ -80,7 +80,7 @@ def markdown(summary: dict) -> str:
     h = summary["heldout"]
     lines = [f"# Cross-validation: {summary['folds']} folds grouped by {summary['group']} (seed {summary['seed']})",
              "", f"Metrics of {h['source']} (%).", "",
-             "| fold | held-out groups | images | step | mIoU | pixel acc. |", "| --- | --- | --- | --- | --- | --- |"]
+             "| fold | held-out groups | images | best step | mIoU | pixel acc. |", "| --- | --- | --- | --- | --- | --- |"]
     for r in h["per_fold"]:
         groups = ", ".join(r["groups"][:6]) + (", ..." if len(r["groups"]) > 6 else "")
         lines.append(f"| {r['fold']} | {groups} | {r['images']} | {r['step']} | {_pct(r['miou'])} "

@@ -24,7 +24,7 @@ from typing import Any, Union
 
 import yaml
 
-from ..config import Config, apply_overrides, from_dict
+from ..config import Config, apply_overrides, from_dict, yaml_problem
 from ..errors import ConfigError
 
 KINDS = ("float", "log_float", "int", "log_int", "choice")
@@ -70,7 +70,7 @@ def load_space(path: Union[str, Path]) -> SearchSpace:
     except FileNotFoundError:
         raise ConfigError(f"{path}: search space file not found") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(error)})") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: expected a mapping of dotted config keys to distributions, "
                           f"such as 'optim.lr: {{log_float: [1e-4, 1e-2]}}'")
