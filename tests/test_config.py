@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from urbanseg.config import Config, ConfigError, load_config, save_config
+from urbanseg.config import Config, ConfigError, first_difference, load_config, save_config
 
 
 def test_yaml_and_overrides_are_typed(tmp_path):
@@ -49,3 +49,12 @@ def test_saved_config_round_trips(tmp_path):
     assert again == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["options"] == {"base_channels": 8}
     assert Config() == load_config(None)
+
+
+def test_first_difference_names_the_dotted_key():
+    a, b = load_config(None).to_dict(), load_config(None, ["model.options={decoder_stride: 2}"]).to_dict()
+    assert first_difference(a, a) is None
+    assert first_difference(a, b) == ("model.options.decoder_stride", None, 2)
+    flat = {"optim.lr": 0.01, "model.options": {"depth": 4}}
+    assert first_difference(flat, {**flat, "optim.lr": 0.05}) == ("optim.lr", 0.01, 0.05)
+    assert first_difference(flat, {"optim.lr": 0.01}) == ("model.options", {"depth": 4}, None)

@@ -175,6 +175,18 @@ def from_dict(raw: dict) -> Config:
     return _build(Config, raw, "")
 
 
+def first_difference(old: Any, new: Any, key: str = "") -> Optional[tuple[str, Any, Any]]:
+    """The first dotted key at which two config trees (dicts, nested or with dotted keys) differ,
+    with its value in each; None when they are equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for sub in list(old) + [k for k in new if k not in old]:
+            found = first_difference(old.get(sub), new.get(sub), f"{key}.{sub}" if key else sub)
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (key, old, new)
+
+
 def save_config(config: Config, path: Union[str, Path]) -> None:
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, apply_overrides, from_dict
+from ..config import Config, apply_overrides, first_difference, from_dict
 from ..data.labels import LabelSet
 from ..data.preset import Preset
 from ..errors import CheckpointError, ConfigError, OutputError
@@ -146,7 +146,7 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> 
     config = from_dict(apply_overrides(_copy(saved), overrides))
     before, after = from_dict(_copy(saved)).to_dict(), config.to_dict()
     for key in FROZEN_ON_RESUME:
-        changed = _first_difference(_get(before, key), _get(after, key), key)
+        changed = first_difference(_get(before, key), _get(after, key), key)
         if changed is not None:
             dotted, old, new = changed
             raise ConfigError(f"{dotted}: the run in {run_dir} was trained with {old!r}, not {new!r}; "
@@ -162,16 +162,6 @@ def _get(tree: dict, dotted: str):
     for part in dotted.split("."):
         tree = tree[part]
     return tree
-
-
-def _first_difference(old, new, key: str) -> Optional[tuple[str, Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for sub in list(old) + [k for k in new if k not in old]:
-            found = _first_difference(old.get(sub), new.get(sub), f"{key}.{sub}")
-            if found is not None:
-                return found
-        return None
-    return None if old == new else (key, old, new)
 
 
 def rng_state() -> dict:

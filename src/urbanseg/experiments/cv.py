@@ -35,7 +35,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from ..config import Config, DataConfig
+from ..config import Config, DataConfig, first_difference
 from ..data import SegmentationDataset, build_dataset
 from ..data.sample_lists import restrict_to_list, write_sample_list
 from ..engine.checkpoint import load_checkpoint, resume_config
@@ -143,11 +143,11 @@ def _check_same_recipe(path: Path, cfg: Config) -> None:
     if saved is None:  # folds.json written before urbanseg recorded the recipe
         return
     current = json.loads(json.dumps(recipe_of(cfg)))  # as JSON reads it back (tuples -> lists)
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            raise ConfigError(f"{path}: the folds were planned with {key} = {saved.get(key)!r}, this run has "
-                              f"{current.get(key)!r}; every fold must train the same recipe (use another "
-                              f"--run-dir for another one)")
+    changed = first_difference(saved, current)
+    if changed is not None:
+        key, before, now = changed
+        raise ConfigError(f"{path}: the folds were planned with {key} = {before!r}, this run has {now!r}; "
+                          f"every fold must train the same recipe (use another --run-dir for another one)")
 
 
 def _saved_plan(path: Path, names: list[str], folds: int, group: str, seed: int) -> CVPlan:
