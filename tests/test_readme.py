@@ -19,6 +19,7 @@ How test_every_readme_command_runs runs the README's ```bash blocks, command by 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -144,6 +145,11 @@ def test_every_readme_command_runs(cityscapes_copy, tmp_path):
     for image in sorted((cityscapes_copy / "leftImg8bit" / "val").rglob("*.png"))[:2]:  # the README's photos/
         (work / "photos").mkdir(exist_ok=True)
         cv2.imwrite(str(work / "photos" / f"{image.stem}.jpg"), read_image(image)[:, :, ::-1])
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):  # a tiny CamVid where the README's CamVid commands look
+        for i in range(count):
+            write_png(work / "data/CamVid" / split / f"0001TP_{i:06d}.png", rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+            write_png(work / "data/CamVid" / f"{split}annot" / f"0001TP_{i:06d}.png", rng.integers(0, 12, (64, 96), dtype=np.uint8))
     variables = variables_here(cityscapes_copy, work)
     env = dict(os.environ, **variables, OMP_NUM_THREADS="1",
                PATH=f"{commands_on_path(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
@@ -177,6 +183,8 @@ def test_every_readme_command_runs(cityscapes_copy, tmp_path):
         labels = list((generated / "gtFine" / split).rglob("*_gtFine_labelIds.png"))
         assert len(images) == len(labels) > 0, split
     assert list((work / "runs").glob("*/checkpoints/best.pt"))  # the recipes trained with their default run dirs
+    camvid = json.loads((work / "runs/unet_regnetx002_adamw_180x240_cpu_60min/eval-val/metrics.json").read_text())
+    assert len(camvid["per_class"]) == 11  # the CamVid recipe trained and was scored on CamVid's classes
 
 
 def test_readme_yaml_snippets_are_valid_configs(tmp_path, monkeypatch):
