@@ -146,7 +146,7 @@ def test_every_readme_command_runs(cityscapes_copy, tmp_path):
         (work / "photos").mkdir(exist_ok=True)
         cv2.imwrite(str(work / "photos" / f"{image.stem}.jpg"), read_image(image)[:, :, ::-1])
     rng = np.random.default_rng(0)
-    for split, count in (("train", 3), ("val", 2)):  # a tiny CamVid where the README's CamVid commands look
+    for split, count in (("train", 4), ("val", 2)):  # a tiny CamVid where the README's CamVid commands look
         for i in range(count):
             write_png(work / "data/CamVid" / split / f"0001TP_{i:06d}.png", rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
             write_png(work / "data/CamVid" / f"{split}annot" / f"0001TP_{i:06d}.png", rng.integers(0, 12, (64, 96), dtype=np.uint8))
