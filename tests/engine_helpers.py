@@ -1,4 +1,4 @@
-"""Tiny training configs for engine tests (CPU, 64x128 generated scenes, a 4-channel U-Net)."""
+"""Tiny training configs for engine tests (CPU, 64x128 generated scenes, a 4-channel U-Net), and a tiny CamVid tree."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,10 @@ import sys
 
 from pathlib import Path
 
+import numpy as np
+
 from urbanseg.config import load_config
+from urbanseg.data.io import write_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,3 +47,13 @@ class TickClock:
     def perf_counter(self) -> float:
         self.now += self.tick
         return self.now
+
+
+def write_camvid(root, counts: dict, size: tuple, seed: int = 0) -> None:
+    """A CamVid tree in the SegNet layout of random images and labels (0..11, 11 = void):
+    `counts[split]` pairs named 0001TP_000000.png, ... of `size` (height, width) per split."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for i in range(count):
+            write_png(Path(root) / split / f"0001TP_{i:06d}.png", rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+            write_png(Path(root) / f"{split}annot" / f"0001TP_{i:06d}.png", rng.integers(0, 12, size, dtype=np.uint8))

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from engine_helpers import write_camvid
 from urbanseg.data import DATASETS, CamVid, Cityscapes, DataError, FolderDataset
 from urbanseg.data.io import read_mask, write_png
 from urbanseg.data.labels import CAMVID_CLASSES
@@ -56,15 +57,8 @@ def test_cityscapes_errors_name_the_file(cityscapes_copy, tmp_path):
         Cityscapes(cityscapes_copy, "train")
 
 
-def _write_camvid(root, rng):
-    for split in ("train", "val"):
-        for i in range(3):
-            write_png(root / split / f"0001TP_{i:06d}.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
-            write_png(root / f"{split}annot" / f"0001TP_{i:06d}.png", rng.integers(0, 12, (24, 32), dtype=np.uint8))
-
-
 def test_camvid_layout(tmp_path):
-    _write_camvid(tmp_path, np.random.default_rng(0))
+    write_camvid(tmp_path, {"train": 3, "val": 3}, (24, 32))
     dataset = CamVid(tmp_path, "val")
     assert len(dataset) == 3 and dataset.labels.num_classes == len(CAMVID_CLASSES) == 11
     raw = read_mask(dataset.samples[0].mask)

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine_helpers import tiny_overrides
+from engine_helpers import tiny_overrides, write_camvid
 from urbanseg.data.io import read_image, write_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,11 +145,7 @@ def test_every_readme_command_runs(cityscapes_copy, tmp_path):
     for image in sorted((cityscapes_copy / "leftImg8bit" / "val").rglob("*.png"))[:2]:  # the README's photos/
         (work / "photos").mkdir(exist_ok=True)
         cv2.imwrite(str(work / "photos" / f"{image.stem}.jpg"), read_image(image)[:, :, ::-1])
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 2)):  # a tiny CamVid where the README's CamVid commands look
-        for i in range(count):
-            write_png(work / "data/CamVid" / split / f"0001TP_{i:06d}.png", rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
-            write_png(work / "data/CamVid" / f"{split}annot" / f"0001TP_{i:06d}.png", rng.integers(0, 12, (64, 96), dtype=np.uint8))
+    write_camvid(work / "data/CamVid", {"train": 4, "val": 2}, (64, 96))  # where the README's CamVid commands look
     variables = variables_here(cityscapes_copy, work)
     env = dict(os.environ, **variables, OMP_NUM_THREADS="1",
                PATH=f"{commands_on_path(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
@@ -193,9 +189,8 @@ def test_readme_yaml_snippets_are_valid_configs(tmp_path, monkeypatch):
     from urbanseg.data import build_dataset
 
     rng = np.random.default_rng(0)
-    for split in ("train", "val"):  # a tiny CamVid and a tiny folder dataset where the snippets' roots point
-        write_png(tmp_path / "data/CamVid" / split / "a.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
-        write_png(tmp_path / "data/CamVid" / f"{split}annot" / "a.png", rng.integers(0, 12, (8, 8), dtype=np.uint8))
+    write_camvid(tmp_path / "data/CamVid", {"train": 1, "val": 1}, (8, 8))  # tiny datasets where the snippets' roots point
+    for split in ("train", "val"):
         write_png(tmp_path / "data/mine" / split / "images" / "a.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
         write_png(tmp_path / "data/mine" / split / "masks" / "a.png", rng.integers(0, 3, (8, 8), dtype=np.uint8))
     monkeypatch.chdir(tmp_path)
