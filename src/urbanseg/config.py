@@ -20,6 +20,17 @@ from .files import write_text
 
 
 @dataclass
+class ResolutionPhase:
+    """One step of progressive resizing (`data.resolution_schedule`, see engine.resolution): from
+    `start`, a fraction of the run's optimizer steps, training images are resized and cropped to
+    these sizes; a size left null keeps the data section's."""
+
+    start: float = 0.0
+    resize: Optional[List[int]] = None
+    crop: Optional[List[int]] = None
+
+
+@dataclass
 class DataConfig:
     dataset: str = "cityscapes"  # cityscapes | camvid | folder
     root: str = "data/cityscapes"
@@ -49,6 +60,9 @@ class DataConfig:
     color_jitter: float = 0.2
     blur: float = 0.0
     val_resize: Optional[List[int]] = None  # validation during training; `evaluate` scores at full size
+    # progressive resizing: e.g. [{start: 0.85, resize: [270, 360], crop: [256, 352]}] trains the last
+    # 15% of the steps at a higher resolution (images must be loaded at least that large: data.load_size)
+    resolution_schedule: List[ResolutionPhase] = field(default_factory=list)
 
 
 @dataclass

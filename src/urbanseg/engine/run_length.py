@@ -3,7 +3,9 @@
 `planned_steps` comes from `trainer.max_steps` (or `max_epochs` x steps per epoch). With
 `trainer.max_minutes`, `total_steps` is fitted to the steps that fit in the budget, and the
 schedule anneals to it, so the learning rate still decays by the end; a budget may shorten the
-run, never lengthen it past the plan. A resumed run keeps the length it was fitted to.
+run, never lengthen it past the plan. A resumed run keeps the length it was fitted to. When steps
+differ in cost (progressive resizing, `engine.resolution`), the length is fitted in cost units,
+so that the dearer steps at the end are paid for from the start.
 
 It also keeps the run's clock: `trained_seconds()` is wall-clock time spent training, net of
 evaluations and checkpoints, summed over resumes (metrics.csv logs it with every row, so curves
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from .distributed import broadcast_object
 
@@ -29,8 +31,12 @@ class RunLength:
     curve_points, eval_share, probe_steps = 30, 0.05, 10
 
     def __init__(self, planned_steps: int, max_minutes: Optional[float] = None, start_step: int = 0,
-                 fitted_steps: Optional[int] = None, trained_seconds: float = 0.0):
+                 fitted_steps: Optional[int] = None, trained_seconds: float = 0.0,
+                 units: Optional[Callable[[int, int, int], float]] = None):
+        """`units(start, stop, total_steps)`: the cost of steps [start, stop) of a run of
+        `total_steps`, in steps of the first kind (`ResolutionSchedule.units`); default, one a step."""
         self.planned_steps = planned_steps
+        self.units = units or (lambda start, stop, total_steps: stop - start)
         self.fitted_steps = fitted_steps
         self.total_steps = planned_steps if fitted_steps is None else min(fitted_steps, planned_steps)
         self.max_seconds = max_minutes * 60 if max_minutes else None  # the budget, kept on resume
@@ -96,14 +102,26 @@ class RunLength:
         first_fit = self.warmup_steps + self.timed_steps
         if since_start != first_fit and (since_start < first_fit or since_start % self.refit_every):
             return None
-        per_step = (now - self.timer_start - (self.excluded - self.timer_excluded)) / (step - self.timer_step)
+        window_units = max(self.units(self.timer_step, step, self.total_steps), 1e-9)
+        per_unit = (now - self.timer_start - (self.excluded - self.timer_excluded)) / window_units
         self.timer_step, self.timer_start, self.timer_excluded = step, now, self.excluded  # the next window
         elapsed = now - self.start - self.excluded
-        fitted = min(step + max(int((self.budget_seconds - elapsed) / per_step), 0), self.planned_steps)
+        fitted = self._steps_within(step, max(self.budget_seconds - elapsed, 0.0) / per_unit)
         if since_start != first_fit and elapsed > self.budget_seconds / 2:
             fitted = min(fitted, self.total_steps)
         self.total_steps = self.fitted_steps = broadcast_object(fitted)  # every rank stops at rank 0's count
         return self.total_steps
+
+    def _steps_within(self, step: int, units: float) -> int:
+        """The longest run (at most the plan) whose steps after `step` cost at most `units`."""
+        low, high = step, self.planned_steps  # the cost grows with the run's length: bisect
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.units(step, middle, middle) <= units + 1e-9:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def state_dict(self) -> dict:
         return {"fitted_steps": self.fitted_steps, "trained_seconds": self.trained_seconds()}

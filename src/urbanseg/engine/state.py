@@ -32,6 +32,7 @@ from .data import ShardedSampler, build_train_val, label_statistics, make_loader
 from .distributed import DistInfo, barrier, broadcast_object
 from .model import build_model
 from .precision import Precision, pick_precision
+from .resolution import ResolutionSchedule
 from .run_length import RunLength
 from .run_log import RunLog
 
@@ -76,6 +77,8 @@ class TrainState:
     length: RunLength
     progress: Progress
     log: Optional[RunLog]  # rank 0 only
+    resolution: ResolutionSchedule
+    phase: int = 0  # the resolution phase the training data is in (its transform and loader)
     on_evaluation: Optional[Callable[[int, dict], None]] = None  # see `train.train`; main process only
 
     @property
@@ -129,6 +132,7 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
     t = cfg.trainer
     seed_everything(t.seed + dist.rank, t.deterministic)
     precision = pick_precision(t.precision, device, t.channels_last)
+    resolution = ResolutionSchedule(cfg.data)
     train_set, val_set = build_train_val(cfg.data)
     labels = train_set.labels
     if t.monitor == "val/category_mIoU" and not labels.categories:
@@ -148,7 +152,7 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
     progress, run_length = _progress_of(resume_from, run_dir)
     planned_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
     length = RunLength(planned_steps, t.max_minutes, progress.step, run_length.get("fitted_steps"),
-                       run_length.get("trained_seconds", 0.0))
+                       run_length.get("trained_seconds", 0.0), resolution.units)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, length.total_steps, steps_per_epoch)
     _prepare_run_dir(cfg, run_dir, resumed=resume_from is not None, dist=dist)
 
@@ -177,7 +181,7 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
     log = RunLog(run_dir, progress.step if resume_from is not None else None) if dist.is_main else None
     return TrainState(cfg, run_dir, device, dist, precision, labels, preset_for(cfg.data, model), val_set,
                       train_sampler, train_loader, val_loader, steps_per_epoch, model, forward_model, ema,
-                      criterion.to(device), optimizer, schedule, scaler, length, progress, log)
+                      criterion.to(device), optimizer, schedule, scaler, length, progress, log, resolution)
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resumed: bool, dist: DistInfo) -> None:

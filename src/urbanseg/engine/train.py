@@ -20,10 +20,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config
+from ..data.transforms import train_transform
 from ..errors import TrainingError
 from ..files import write_json
 from ..metrics import json_safe
 from .checkpoint import Checkpoint, load_checkpoint, rng_state, save_checkpoint
+from .data import augment_config, make_loader
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, init_distributed, shutdown_distributed
 from .evaluate import save_sample_grid, validate
 from .precision import pick_device
@@ -63,6 +65,7 @@ def fit(s: TrainState) -> dict:
     throughput = Throughput()
     metrics: dict = {}
     s.model.train()
+    follow_resolution_schedule(s)  # a resumed run continues in its phase
     # closed on errors too, so an error message starts on a line of its own
     with tqdm(total=s.length.total_steps, initial=p.step, disable=not s.dist.is_main, desc="train",
               dynamic_ncols=True) as bar:
@@ -71,8 +74,8 @@ def fit(s: TrainState) -> dict:
                 loss, lr = train_step(s, micro_batches)
                 throughput.add(sum(len(images) for images, _ in micro_batches) * s.dist.world_size)
                 metrics = after_step(s, bar, loss, lr, throughput) or metrics
-                if p.step >= s.length.total_steps or stops_early(s):
-                    break
+                if p.step >= s.length.total_steps or stops_early(s) or follow_resolution_schedule(s):
+                    break  # a new resolution phase goes on with this epoch in a new loader
             if p.steps_in_epoch >= s.steps_per_epoch:
                 p.epoch, p.steps_in_epoch = p.epoch + 1, 0
     if p.last_eval_step != p.step:
@@ -113,6 +116,24 @@ def epoch_steps(s: TrainState) -> Iterator[list]:
     batches = iter(s.train_loader)
     for _ in range(s.steps_per_epoch - s.progress.steps_in_epoch):
         yield [next(batches) for _ in range(accumulate)]
+
+
+def follow_resolution_schedule(s: TrainState) -> bool:
+    """Switch the training data to the resolution phase of the next step (`data.resolution_schedule`);
+    True when it switched. The loader is built again, since loader processes hold a copy of the
+    dataset, and the epoch goes on where it was (`epoch_steps`). Every rank switches at the same
+    step: the phase follows from the step and the run's length, which rank 0 fits for all."""
+    phase = s.resolution.phase(s.progress.step, s.length.total_steps)
+    if phase == s.phase:
+        return False
+    data = s.resolution.data_config(phase)
+    dataset = s.train_loader.dataset
+    dataset.transform = train_transform(augment_config(data), s.labels.ignore_index, s.preset)
+    s.train_loader = make_loader(dataset, s.train_sampler, data.batch_size, data.workers, True, s.device.type == "cuda")
+    s.phase = phase
+    if s.dist.is_main:
+        tqdm.write(f"step {s.progress.step}: resolution phase {phase}: resize {data.resize}, crop {data.crop}")
+    return True
 
 
 def train_step(s: TrainState, micro_batches: list) -> tuple[torch.Tensor, float]:
