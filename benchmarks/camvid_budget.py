@@ -1,6 +1,6 @@
 """CamVid from scratch in the same wall-clock budget: a plain PyTorch loop against urbanseg's recipe.
 
-    python benchmarks/camvid_budget.py DATA_DIR --minutes M [--recipe configs/camvid/FILE.yaml]
+    python benchmarks/camvid_budget.py DATA_DIR --minutes M [--recipe configs/camvid/FILE.yaml] [--scales 1.0,1.5]
 
 DATA_DIR holds CamVid in the SegNet layout (train/ trainannot/ val/ valannot/, 11 classes, 11 =
 void). In one run, one after the other on the same machine:
@@ -14,7 +14,9 @@ Both are then scored the same way, by `urbanseg.evaluation.evaluate_predictor` o
 at the full 360x480 label resolution (void ignored), which is what `urbanseg evaluate` reports;
 the budget counts training only (the recipe's own evaluations during training are excluded by
 the engine, and (a) evaluates once at the end). Prints steps, training images per second and the
-IoU of every class for both, with the CPU kind. Measures, asserts nothing.
+IoU of every class for both, with the CPU kind. With `--scales`, (b)'s model is also scored
+averaged over those scales (`urbanseg evaluate --scales`), in a column of its own. Measures,
+asserts nothing.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
+from urbanseg.cli import parse_scales
 from urbanseg.config import load_config
 from urbanseg.data import CamVid
 from urbanseg.data.preset import Preset
@@ -72,8 +75,9 @@ def plain_loop(root: Path, minutes: float, seed: int = 0) -> dict:
     return {"steps": steps, "images_per_s": seen / seconds, "metrics": score(predictor, root)}
 
 
-def urbanseg_recipe(root: Path, minutes: float, recipe: Path, work: Path) -> dict:
-    """(b): `urbanseg train` with the recipe, the budget set to `minutes`."""
+def urbanseg_recipe(root: Path, minutes: float, recipe: Path, work: Path, scales: list[float]) -> dict:
+    """(b): `urbanseg train` with the recipe, the budget set to `minutes`; scored at one scale, and
+    at `scales` too (under "metrics_scales") when they are not just 1.0."""
     overrides = [f"data.root={root}", f"trainer.max_minutes={minutes}"]
     if load_config(recipe).data.cache:  # a fresh cache, filled in the budget as a user's first run fills it
         overrides.append(f"data.cache={work / 'cache'}")
@@ -85,13 +89,16 @@ def urbanseg_recipe(root: Path, minutes: float, recipe: Path, work: Path) -> dic
     header, rows = rows[0], rows[1:]
     seconds = max(float(r[header.index("train_seconds")]) for r in rows if r[header.index("train_seconds")])
     images = result["step"] * cfg.data.batch_size * cfg.trainer.accumulate
-    return {"steps": result["step"], "images_per_s": images / seconds, "wall_s": time.perf_counter() - started,
-            # the last weights, not best.pt: best.pt is chosen on this same val split
-            "metrics": score(load(run / "checkpoints" / "last.pt", device="cpu"), root)}
+    predictor = load(run / "checkpoints" / "last.pt", device="cpu")  # not best.pt: chosen on this same val split
+    scored = {"steps": result["step"], "images_per_s": images / seconds, "wall_s": time.perf_counter() - started,
+              "metrics": score(predictor, root)}
+    if list(scales) != [1.0]:
+        scored["metrics_scales"] = score(predictor, root, scales)
+    return scored
 
 
-def score(predictor: Predictor, root: Path) -> dict:
-    return evaluate_predictor(predictor, CamVid(root, "val"), progress=False)
+def score(predictor: Predictor, root: Path, scales: list[float] = (1.0,)) -> dict:
+    return evaluate_predictor(predictor, CamVid(root, "val"), scales=scales, progress=False)
 
 
 def main() -> None:
@@ -100,6 +107,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--only", choices=["plain", "urbanseg"], help="run one side only")
+    parser.add_argument("--scales", type=parse_scales, default=[1.0],
+                        help="also score the recipe's model averaged over these scales, e.g. 1.0,1.5")
     args = parser.parse_args()
     kind = "AVX-512 BF16 / AMX (native bf16)" if cpu_has_native_bf16() else "AVX2 (no native bf16)"
     print(f"CPU: {kind}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}; "
@@ -109,7 +118,11 @@ def main() -> None:
         results["plain PyTorch loop"] = plain_loop(args.data_dir, args.minutes)
     if args.only != "plain":
         with tempfile.TemporaryDirectory() as tmp:
-            results["urbanseg recipe"] = urbanseg_recipe(args.data_dir, args.minutes, args.recipe, Path(tmp))
+            recipe = urbanseg_recipe(args.data_dir, args.minutes, args.recipe, Path(tmp), args.scales)
+        results["urbanseg recipe"] = recipe
+        if "metrics_scales" in recipe:
+            scales = ",".join(f"{v:g}" for v in args.scales)
+            results[f"urbanseg recipe, --scales {scales}"] = {**recipe, "metrics": recipe["metrics_scales"]}
     names = list(next(iter(results.values()))["metrics"]["per_class"])
     rows = [("steps", [str(r["steps"]) for r in results.values()]),
             ("training img/s", [f"{r['images_per_s']:.2f}" for r in results.values()])]
