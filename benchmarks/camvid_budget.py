@@ -1,6 +1,7 @@
 """CamVid from scratch in the same wall-clock budget: a plain PyTorch loop against urbanseg's recipe.
 
     python benchmarks/camvid_budget.py DATA_DIR --minutes M [--recipe configs/camvid/FILE.yaml] [--scales 1.0,1.5]
+                                       [--only plain|urbanseg] [--keep DIR]
 
 DATA_DIR holds CamVid in the SegNet layout (train/ trainannot/ val/ valannot/, 11 classes, 11 =
 void). In one run, one after the other on the same machine:
@@ -15,7 +16,8 @@ at the full 360x480 label resolution (void ignored), which is what `urbanseg eva
 the budget counts training only (the recipe's own evaluations during training are excluded by
 the engine, and (a) evaluates once at the end). Prints steps, training images per second and the
 IoU of every class for both, with the CPU kind. With `--scales`, (b)'s model is also scored
-averaged over those scales (`urbanseg evaluate --scales`), in a column of its own. Measures,
+averaged over those scales (`urbanseg evaluate --scales`), in a column of its own; with `--keep`,
+(b)'s cache and run stay in DIR for `urbanseg evaluate` (e.g. with `--tta flip`). Measures,
 asserts nothing.
 """
 from __future__ import annotations
@@ -109,7 +111,11 @@ def main() -> None:
     parser.add_argument("--only", choices=["plain", "urbanseg"], help="run one side only")
     parser.add_argument("--scales", type=parse_scales, default=[1.0],
                         help="also score the recipe's model averaged over these scales, e.g. 1.0,1.5")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="train the recipe in DIR (cache and run, kept for `urbanseg evaluate`) instead of a temporary one")
     args = parser.parse_args()
+    if args.keep and (args.keep / "run").exists():
+        parser.error(f"--keep {args.keep}: {args.keep / 'run'} already exists; give a new directory")
     kind = "AVX-512 BF16 / AMX (native bf16)" if cpu_has_native_bf16() else "AVX2 (no native bf16)"
     print(f"CPU: {kind}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}; "
           f"budget {args.minutes:g} min of training each; recipe {args.recipe.name}", flush=True)
@@ -118,7 +124,8 @@ def main() -> None:
         results["plain PyTorch loop"] = plain_loop(args.data_dir, args.minutes)
     if args.only != "plain":
         with tempfile.TemporaryDirectory() as tmp:
-            recipe = urbanseg_recipe(args.data_dir, args.minutes, args.recipe, Path(tmp), args.scales)
+            work = args.keep or Path(tmp)
+            recipe = urbanseg_recipe(args.data_dir, args.minutes, args.recipe, work, args.scales)
         results["urbanseg recipe"] = recipe
         if "metrics_scales" in recipe:
             scales = ",".join(f"{v:g}" for v in args.scales)
