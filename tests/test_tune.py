@@ -16,6 +16,7 @@ from urbanseg.config import load_config
 from urbanseg.data.synth import write_dataset
 from urbanseg.engine import train as train_module
 from urbanseg.engine.checkpoint import load_checkpoint
+from urbanseg.errors import ConfigError
 from urbanseg.experiments import space as space_module
 from urbanseg.experiments import tune as tune_module
 from urbanseg.experiments.space import load_space, suggest, values_of
@@ -275,3 +276,19 @@ def test_a_study_keeps_its_metric_and_space(tmp_path, scenes, capsys):
     assert main(tune_args(tmp_path, scenes, 2, space="optim.lr: {log_float: [1e-3, 1e-2]}")) == 2
     assert "differs from the space study 's' was started with" in capsys.readouterr().err
     assert len(study_trials(tmp_path)) == 1
+
+
+def test_a_process_that_finds_the_study_half_written_completes_it(tmp_path):
+    """Two processes starting one study at once: the first has created it and written its metric but
+    not yet its space when the second opens it. The second must write the space, not refuse."""
+    (tmp_path / "space.yaml").write_text(SPACE)
+    space = load_space(tmp_path / "space.yaml")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
+    first = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    first.set_user_attr("metric", "val/mIoU")  # ... and the first process has not got further
+    study = tune_module._open_study(optuna, "s", storage, "val/mIoU", "none", space)
+    assert study.user_attrs == {"metric": "val/mIoU", "space": space.spec()}
+    other = tmp_path / "other.yaml"
+    other.write_text("optim.lr: {log_float: [1e-3, 1e-2]}\n")
+    with pytest.raises(ConfigError, match="differs from the space study 's' was started with"):
+        tune_module._open_study(optuna, "s", storage, "val/mIoU", "none", load_space(other))

@@ -152,11 +152,11 @@ def _open_study(optuna, name: str, storage, metric: str, pruner: str, space: Sea
                                     pruner=make_pruner(optuna, pruner))
     except ValueError as error:  # e.g. an existing study with the other direction
         raise ConfigError(f"--study {name}: {error}") from None
-    saved = study.user_attrs
-    if not saved:
-        study.set_user_attr("metric", metric)
-        study.set_user_attr("space", space.spec())
-    elif saved.get("metric") != metric:
+    for key, value in (("metric", metric), ("space", space.spec())):
+        if key not in study.user_attrs:  # a new study: ours, or another process's that has not written it yet
+            study.set_user_attr(key, value)
+    saved = study.user_attrs  # read back after writing: a process starting at the same moment may have won
+    if saved.get("metric") != metric:
         raise ConfigError(f"--metric: study '{name}' tunes {saved.get('metric')}, not {metric}; "
                           f"choose another --study to tune {metric}")
     elif saved.get("space") != space.spec():
