@@ -1,14 +1,35 @@
-"""Shared fixtures: a tiny generated Cityscapes tree (session-wide, read-only) and fresh copies."""
+"""Shared fixtures: a tiny generated Cityscapes tree (session-wide, read-only) and fresh copies.
+
+`make test` runs the suite in one pytest-xdist worker per core (at most 4). Each worker gets an
+equal share of the cores for torch, and so do the processes a test starts (OMP_NUM_THREADS), so
+that workers do not oversubscribe the machine. The longest tests come first and workers that run
+out of tests take the last ones queued for others (`--dist worksteal`), so none idles at the end.
+"""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = _THREADS
+    import torch
+
+    torch.set_num_threads(int(_THREADS))
+
 from urbanseg.data.synth import write_dataset
 
 TINY_SIZE = (64, 128)
+
+
+def pytest_collection_modifyitems(items):
+    """The longest test first, then the other slow ones, then the rest (a stable sort: otherwise in
+    file order), so that under xdist a long test never starts last while the other workers idle."""
+    items.sort(key=lambda item: (item.get_closest_marker("longest") is None, item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")

@@ -136,6 +136,7 @@ def test_readme_commands_are_all_accounted_for(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_every_readme_command_runs(cityscapes_copy, tmp_path):
     import cv2
 
