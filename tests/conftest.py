@@ -15,11 +15,11 @@ import pytest
 
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
-    os.environ["OMP_NUM_THREADS"] = _THREADS
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
     import torch
 
-    torch.set_num_threads(int(_THREADS))
+    torch.set_num_threads(_THREADS)
 
 from urbanseg.data.synth import write_dataset
 
