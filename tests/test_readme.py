@@ -8,8 +8,11 @@ How test_every_readme_command_runs runs the README's ```bash blocks, command by 
   a temp dir); the README must define exactly those names, and every `$NAME` a command uses.
 - Running. Each command runs with `bash -c` in a temp working folder that holds `configs/` (a link
   to the checkout's) and the README's `photos/`, with `urbanseg` and `torchrun` on PATH as small
-  scripts calling this interpreter (`python -m urbanseg`, `python -m torch.distributed.run`).
-  Relative paths in the README (`submission`, `data/synthetic`, ...) land in that folder.
+  scripts: `urbanseg` runs `urbanseg.cli.main` in a process forked from one that imported PyTorch
+  and the package once (tests/preloaded_cli.py: the imports cost more than most commands here),
+  `torchrun` is this interpreter's `python -m torch.distributed.run`, whose workers are fresh
+  `python -m urbanseg` processes. Relative paths in the README (`submission`, `data/synthetic`,
+  ...) land in that folder.
 - Skipping. The commands in SKIPPED do not run here, each for the reason given there; every
   other command runs and must exit 0.
 - Two adaptations, appended or flag-level, never a change of the README's wording:
@@ -19,6 +22,7 @@ How test_every_readme_command_runs runs the README's ```bash blocks, command by 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,7 +31,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -38,6 +44,7 @@ from urbanseg.data.io import read_image, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PRELOADED = Path(__file__).resolve().parent / "preloaded_cli.py"
 
 # README commands that do not run in this test, and why.
 SKIPPED = {
@@ -111,14 +118,27 @@ def adapted(command: str) -> str:
     return " ".join([command, *map(shlex.quote, appended)])
 
 
-def commands_on_path(folder: Path) -> Path:
-    """`urbanseg` and `torchrun` as scripts running this interpreter's modules."""
+@contextlib.contextmanager
+def commands_on_path(folder: Path, env: dict[str, str]) -> Iterator[Path]:
+    """`urbanseg` (served by a preloaded process started with `env`) and `torchrun` as scripts in
+    `folder`, for as long as the context lasts."""
     folder.mkdir(parents=True)
-    for name, module in {"urbanseg": "urbanseg", "torchrun": "torch.distributed.run"}.items():
-        script = folder / name
-        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
-        script.chmod(0o755)
-    return folder
+    socket_path = Path(tempfile.mkdtemp(prefix="urbanseg-cli-")) / "socket"  # short: AF_UNIX paths are limited
+    server = subprocess.Popen([sys.executable, str(PRELOADED), "serve", str(socket_path)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", "the preloaded urbanseg process did not start"
+        commands = {"urbanseg": f'"{sys.executable}" "{PRELOADED}" run "{socket_path}"',
+                    "torchrun": f'"{sys.executable}" -m torch.distributed.run'}
+        for name, command in commands.items():
+            script = folder / name
+            script.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
+            script.chmod(0o755)
+        yield folder
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(socket_path.parent, ignore_errors=True)
 
 
 def test_readme_commands_are_all_accounted_for(tmp_path):
@@ -148,19 +168,20 @@ def test_every_readme_command_runs(cityscapes_copy, tmp_path):
         cv2.imwrite(str(work / "photos" / f"{image.stem}.jpg"), read_image(image)[:, :, ::-1])
     write_camvid(work / "data/CamVid", {"train": 4, "val": 2}, (64, 96))  # where the README's CamVid commands look
     variables = variables_here(cityscapes_copy, work)
-    env = dict(os.environ, **variables, OMP_NUM_THREADS="1",
-               PATH=f"{commands_on_path(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
+    bin_folder = tmp_path / "bin"
+    env = dict(os.environ, **variables, OMP_NUM_THREADS="1", PATH=f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
 
     commands = readme_commands()
     ran, outputs = 0, {}
-    for command in commands:
-        if skip_reason(command) or DEFINITION.fullmatch(command):
-            continue
-        result = subprocess.run(["bash", "-c", adapted(command)], cwd=work, env=env, capture_output=True, text=True,
-                                timeout=600)
-        assert result.returncode == 0, f"{command}\n{result.stdout[-1000:]}\n{result.stderr[-3000:]}"
-        outputs[command] = result.stdout
-        ran += 1
+    with commands_on_path(bin_folder, env):
+        for command in commands:
+            if skip_reason(command) or DEFINITION.fullmatch(command):
+                continue
+            result = subprocess.run(["bash", "-c", adapted(command)], cwd=work, env=env, capture_output=True,
+                                    text=True, timeout=600)
+            assert result.returncode == 0, f"{command}\n{result.stdout[-1000:]}\n{result.stderr[-3000:]}"
+            outputs[command] = result.stdout
+            ran += 1
     assert ran >= 10 and ran == len([c for c in commands if not skip_reason(c) and not DEFINITION.fullmatch(c)])
 
     # what the commands should have written
