@@ -73,17 +73,21 @@ def run_child(connection: socket.socket) -> int:
 
     try:
         code = main(request["args"])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        if not isinstance(exit_.code, (int, type(None))):
-            print(exit_.code, file=sys.stderr)
+    except SystemExit as exit_:  # as the interpreter treats it: None is 0, a message is printed and is 1
+        code = exit_.code
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
     except BaseException:  # an uncaught error: its traceback, as a fresh process would print it
         traceback.print_exc()
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    connection.sendall(HEADER.pack(code & 0xFF))
-    return code & 0xFF
+    code &= 0xFF
+    connection.sendall(HEADER.pack(code))
+    return code
 
 
 def run(path: str, args: list[str]) -> int:
