@@ -2,6 +2,10 @@
 
     python benchmarks/train_speed.py [--models unet_scratch unet] [--size 256x512] [--batch 4] [--steps 6]
     python benchmarks/train_speed.py --models configs/synthetic/*.yaml --size 96x192 --batch 8   # demo models
+    python benchmarks/train_speed.py --models configs/camvid/*_60min.yaml --size 176x240 --batch 8 --copy-paste
+
+`--copy-paste` adds a column: fp32 + channels-last with rare-class copy-paste (`data.copy_paste:
+0.5`, 4 of the 19 classes) applied to every batch, as the training step applies it.
 
 Random inputs and labels (19 classes); the first two steps are warm-up and not timed. `unet` is
 U-Net with a ResNet-34 encoder (random init); a `.yaml` recipe stands for its model (random init).
@@ -16,6 +20,7 @@ from pathlib import Path
 import torch
 
 from urbanseg.config import OptimConfig, load_config
+from urbanseg.data.copy_paste import CopyPaste
 from urbanseg.engine.precision import cpu_has_native_bf16, pick_device, pick_precision
 from urbanseg.engine.model import build_model
 from urbanseg.losses import CrossEntropy
@@ -32,7 +37,7 @@ def build(name: str) -> torch.nn.Module:
 
 
 def images_per_second(name: str, precision_name: str, size, batch: int, steps: int,
-                      channels_last=None) -> float:
+                      channels_last=None, copy_paste: bool = False) -> float:
     device = pick_device("auto")
     precision = pick_precision(precision_name, device, channels_last)
     torch.manual_seed(0)
@@ -43,11 +48,14 @@ def images_per_second(name: str, precision_name: str, size, batch: int, steps: i
     criterion = CrossEntropy()
     images = torch.randn(batch, 3, *size, device=device)
     labels = torch.randint(0, 19, (batch, *size), device=device)
+    paste = CopyPaste([2, 6, 9, 10], 0.5) if copy_paste else None
     for step in range(steps + 2):
         if step == 2:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
+        if paste is not None:
+            images, labels = paste(images, labels)
         loss = criterion(precision.forward(model, images), labels)  # training's forward path
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -63,17 +71,22 @@ def main() -> None:
     parser.add_argument("--size", default="256x512")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--copy-paste", action="store_true", help="add a column with rare-class copy-paste")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     print(f"device {pick_device('auto')}, native bf16 on this CPU: {cpu_has_native_bf16()}, "
           f"threads {torch.get_num_threads()}, batch {args.batch} at {args.size}")
     width = max(16, *(len(Path(name).stem) + 2 for name in args.models))
-    print(f"{'model':<{width}}{'fp32 img/s':>12}{'fp32+CL img/s':>15}{'bf16+CL img/s':>15}")
+    extra = f"{'fp32+CL+paste img/s':>21}" if args.copy_paste else ""
+    print(f"{'model':<{width}}{'fp32 img/s':>12}{'fp32+CL img/s':>15}{'bf16+CL img/s':>15}{extra}")
     for name in args.models:
         fp32 = images_per_second(name, "fp32", size, args.batch, args.steps)
         fp32_cl = images_per_second(name, "fp32", size, args.batch, args.steps, channels_last=True)
         bf16 = images_per_second(name, "bf16", size, args.batch, args.steps)
-        print(f"{Path(name).stem:<{width}}{fp32:>12.2f}{fp32_cl:>15.2f}{bf16:>15.2f}")
+        if args.copy_paste:
+            pasted = images_per_second(name, "fp32", size, args.batch, args.steps, True, copy_paste=True)
+            extra = f"{pasted:>21.2f}"
+        print(f"{Path(name).stem:<{width}}{fp32:>12.2f}{fp32_cl:>15.2f}{bf16:>15.2f}{extra}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Every recipe under configs/ loads as is and builds its model and optimizer."""
+"""Every recipe under configs/ loads as is and builds its model, optimizer and batch augmentation."""
 from pathlib import Path
 
 import pytest
 import torch
 
 from urbanseg.config import load_config
+from urbanseg.data.copy_paste import copy_paste_for
 from urbanseg.data.labels import camvid_label_set, cityscapes_label_set
 from urbanseg.engine.model import build_model
 from urbanseg.optim import build_optimizer
@@ -24,6 +25,7 @@ def test_recipe_builds(recipe):
     cfg = load_config(recipe, ["model.encoder_weights=null"])  # no downloads here
     labels = camvid_label_set() if cfg.data.dataset == "camvid" else cityscapes_label_set(cfg.data.classes)
     num_classes = labels.num_classes
+    copy_paste_for(cfg.data, labels)  # names only classes of the dataset
     model = build_model(cfg.model, num_classes)
     optimizer = build_optimizer(cfg.optim, model)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, total_steps=1000, steps_per_epoch=10)

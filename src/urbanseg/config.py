@@ -51,6 +51,10 @@ class DataConfig:
     val_batch_size: int = 2
     workers: int = 2
     rare_class_sampling: Optional[float] = None  # temperature of rare-class sampling (e.g. 0.1); null: uniform
+    # rare-class copy-paste (data.copy_paste): the chance that a training image receives the pixels of
+    # these classes from another image of its batch (e.g. 0.5 and [pole, sign, pedestrian, bicyclist])
+    copy_paste: Optional[float] = None
+    copy_paste_classes: Optional[List[str]] = None
     # augmentation (see data.transforms.AugmentConfig)
     resize: Optional[List[int]] = None
     scale: List[float] = field(default_factory=lambda: [0.5, 2.0])

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..data import SegmentationDataset
+from ..data.copy_paste import CopyPaste, copy_paste_for
 from ..data.labels import LabelSet
 from ..data.preset import Preset, preset_for
 from ..errors import CheckpointError, ConfigError
@@ -78,6 +79,7 @@ class TrainState:
     progress: Progress
     log: Optional[RunLog]  # rank 0 only
     resolution: ResolutionSchedule
+    copy_paste: Optional[CopyPaste] = None  # applied to each training batch (data.copy_paste)
     phase: int = 0  # the resolution phase the training data is in (its transform and loader)
     on_evaluation: Optional[Callable[[int, dict], None]] = None  # see `train.train`; main process only
 
@@ -114,6 +116,8 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"trainer.monitor: expected one of {', '.join(MONITORS)}, got '{t.monitor}'")
     if cfg.data.rare_class_sampling is not None and cfg.data.rare_class_sampling <= 0:
         raise ConfigError(f"data.rare_class_sampling: expected a temperature > 0, got {cfg.data.rare_class_sampling}")
+    if cfg.data.copy_paste is not None and not 0 <= cfg.data.copy_paste <= 1:
+        raise ConfigError(f"data.copy_paste: expected a probability in [0, 1] (or null), got {cfg.data.copy_paste}")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -137,6 +141,7 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
     labels = train_set.labels
     if t.monitor == "val/category_mIoU" and not labels.categories:
         raise ConfigError(f"trainer.monitor: {t.monitor} needs a dataset with categories (Cityscapes)")
+    copy_paste = copy_paste_for(cfg.data, labels)
     batches_per_epoch = len(train_set) // dist.world_size // cfg.data.batch_size
     if batches_per_epoch < t.accumulate:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} x trainer.accumulate {t.accumulate} "
@@ -181,7 +186,8 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
     log = RunLog(run_dir, progress.step if resume_from is not None else None) if dist.is_main else None
     return TrainState(cfg, run_dir, device, dist, precision, labels, preset_for(cfg.data, model), val_set,
                       train_sampler, train_loader, val_loader, steps_per_epoch, model, forward_model, ema,
-                      criterion.to(device), optimizer, schedule, scaler, length, progress, log, resolution)
+                      criterion.to(device), optimizer, schedule, scaler, length, progress, log, resolution,
+                      copy_paste)
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resumed: bool, dist: DistInfo) -> None:

@@ -141,6 +141,8 @@ def train_step(s: TrainState, micro_batches: list) -> tuple[torch.Tensor, float]
     lr = s.schedule.apply(s.optimizer, s.progress.step)
     for index, (images, masks) in enumerate(micro_batches):
         images, masks = images.to(s.device, non_blocking=True), masks.to(s.device, non_blocking=True)
+        if s.copy_paste is not None:
+            images, masks = s.copy_paste(images, masks)
         completes_step = index == len(micro_batches) - 1
         # under DDP, gradients are all-reduced only on the micro-batch that completes the step
         no_sync = s.dist.enabled and not completes_step
