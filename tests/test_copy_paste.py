@@ -55,13 +55,25 @@ def test_the_probability_is_per_image():
         CopyPaste([1], probability=1.5)
 
 
-def test_training_with_copy_paste(cityscapes_root, tmp_path):
-    cfg = tiny_config(cityscapes_root, "trainer.max_steps=3", "data.copy_paste=0.5",
+def test_training_with_copy_paste(cityscapes_root, tmp_path, monkeypatch):
+    pasted_batches = []
+    original = CopyPaste.__call__
+
+    def spy(self, images, masks):
+        pasted_batches.append((len(images), self.class_ids.tolist(), self.probability))
+        return original(self, images, masks)
+
+    monkeypatch.setattr(CopyPaste, "__call__", spy)
+    cfg = tiny_config(cityscapes_root, "trainer.max_steps=3", "trainer.accumulate=2", "data.copy_paste=0.5",
                       "data.copy_paste_classes=[pole, traffic sign, person]")
     result = train(cfg, tmp_path / "run")
     assert result["step"] == 3 and math.isfinite(result["metrics"]["loss"])
+    # every micro-batch of every step; pole, traffic sign and person are 5, 7 and 11 of the 19 classes
+    assert pasted_batches == [(4, [5, 7, 11], 0.5)] * 6
     for overrides, message in (
         (["data.copy_paste=2"], "data.copy_paste: expected a probability in"),
+        (["data.copy_paste=0.5", "data.batch_size=1", "data.copy_paste_classes=[pole]"],
+         "data.copy_paste: pastes between the images of a batch"),
         (["data.copy_paste=0.5"], "data.copy_paste_classes: name the classes to paste"),
         (["data.copy_paste=0.5", "data.copy_paste_classes=[pole, lamppost]"],
          "data.copy_paste_classes: 'lamppost' is not a class of this dataset"),

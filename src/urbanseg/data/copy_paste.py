@@ -51,6 +51,10 @@ def copy_paste_for(data: "DataConfig", labels: LabelSet) -> Optional[CopyPaste]:
     """The augmentation `data.copy_paste` asks for (None when off), its classes looked up by name."""
     if not data.copy_paste:
         return None
+    if not 0 <= data.copy_paste <= 1:
+        raise ConfigError(f"data.copy_paste: expected a probability in [0, 1] (or null), got {data.copy_paste}")
+    if data.batch_size < 2:
+        raise ConfigError(f"data.copy_paste: pastes between the images of a batch; data.batch_size is {data.batch_size}")
     if not data.copy_paste_classes:
         raise ConfigError("data.copy_paste_classes: name the classes to paste, e.g. [pole, sign, pedestrian]")
     unknown = [name for name in data.copy_paste_classes if name not in labels.class_names]

@@ -116,8 +116,6 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"trainer.monitor: expected one of {', '.join(MONITORS)}, got '{t.monitor}'")
     if cfg.data.rare_class_sampling is not None and cfg.data.rare_class_sampling <= 0:
         raise ConfigError(f"data.rare_class_sampling: expected a temperature > 0, got {cfg.data.rare_class_sampling}")
-    if cfg.data.copy_paste is not None and not 0 <= cfg.data.copy_paste <= 1:
-        raise ConfigError(f"data.copy_paste: expected a probability in [0, 1] (or null), got {cfg.data.copy_paste}")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
