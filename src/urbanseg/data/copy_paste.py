@@ -28,8 +28,7 @@ class CopyPaste:
     last). It pastes in place, into the batch it is given; a batch of one is left as it is."""
 
     def __init__(self, class_ids: Sequence[int], probability: float):
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"copy-paste probability must be in [0, 1], got {probability}")
+        check_probability(probability)
         self.class_ids = torch.as_tensor(sorted(set(class_ids)), dtype=torch.int64)
         self.probability = probability
 
@@ -41,18 +40,24 @@ class CopyPaste:
         source = (chosen - 1) % count
         # indexing copies: every source is read as it was before any image of the batch changed
         source_images, source_masks = images[source], masks[source]
-        paste = torch.isin(source_masks, self.class_ids.to(masks.device))
+        if self.class_ids.device != masks.device:
+            self.class_ids = self.class_ids.to(masks.device)  # once, not at every step
+        paste = torch.isin(source_masks, self.class_ids)
         images[chosen] = torch.where(paste[:, None], source_images, images[chosen])
         masks[chosen] = torch.where(paste, source_masks, masks[chosen])
         return images, masks
+
+
+def check_probability(probability: float) -> None:
+    if not 0 <= probability <= 1:
+        raise ConfigError(f"data.copy_paste: expected a probability in [0, 1] (or null), got {probability}")
 
 
 def copy_paste_for(data: "DataConfig", labels: LabelSet) -> Optional[CopyPaste]:
     """The augmentation `data.copy_paste` asks for (None when off), its classes looked up by name."""
     if not data.copy_paste:
         return None
-    if not 0 <= data.copy_paste <= 1:
-        raise ConfigError(f"data.copy_paste: expected a probability in [0, 1] (or null), got {data.copy_paste}")
+    check_probability(data.copy_paste)  # first: the other checks are about a setting that is on
     if data.batch_size < 2:
         raise ConfigError(f"data.copy_paste: pastes between the images of a batch; data.batch_size is {data.batch_size}")
     if not data.copy_paste_classes:
