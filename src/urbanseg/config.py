@@ -123,7 +123,7 @@ class TrainerConfig:
     log_every: int = 10
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: Optional[bool] = None  # None: with reduced precision
-    compile: bool = False
+    compile: bool = False  # torch.compile; on a CPU no faster for the CamVid models (configs/camvid/README.md)
     accumulate: int = 1
     clip_grad_norm: Optional[float] = None
     early_stopping: Optional[int] = None  # evaluations without improvement of the monitor
