@@ -7,6 +7,8 @@
 
 `--compile` adds a column: fp32 + channels-last with the model wrapped in `torch.compile`, as
 `trainer.compile: true` wraps it (compiling happens in the untimed warm-up steps).
+With PyTorch 2.14.1 on an AVX-512 CPU it aborts the process (heap corruption in Inductor's
+code) for the CamVid 60-minute model at batch 8, 176x240; see configs/camvid/README.md.
 `--copy-paste` adds a column: fp32 + channels-last with rare-class copy-paste (`data.copy_paste:
 0.5`, 4 of the 19 classes) applied to every batch, as the training step applies it. The random
 labels hold those classes far more often than street scenes do, so its cost is an upper bound.
