@@ -64,10 +64,6 @@ class DataConfig:
     color_jitter: float = 0.2
     blur: float = 0.0
     val_resize: Optional[List[int]] = None  # validation during training; `evaluate` scores at full size
-    # the model's input size relative to the labels' (e.g. 0.5): sizes above are the labels'; the image
-    # is shrunk after the geometric steps, in training and validation, and the logits are upsampled to
-    # the labels for the loss, so thin things keep their full-resolution labels (data.transforms)
-    input_scale: float = 1.0
     # progressive resizing: e.g. [{start: 0.85, resize: [270, 360], crop: [256, 352]}] trains the last
     # 15% of the steps at a higher resolution (images must be loaded at least that large: data.load_size)
     resolution_schedule: List[ResolutionPhase] = field(default_factory=list)

@@ -184,16 +184,7 @@ class WeightedSum(nn.Module):
         self.weights = dict(weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = at_label_size(logits, target)
         return sum(self.weights[name] * term(logits, target) for name, term in self.terms.items())
-
-
-def at_label_size(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Logits (N, C, h, w) upsampled bilinearly to their labels' (N, H, W) size when it differs, as
-    `urbanseg evaluate` scores full-resolution labels (`data.input_scale` trains that way)."""
-    if logits.shape[-2:] == target.shape[-2:]:
-        return logits
-    return F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
 
 
 LOSSES = ("ce", "dice", "focal", "ohem")

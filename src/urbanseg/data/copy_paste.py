@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .labels import LabelSet
@@ -44,17 +43,9 @@ class CopyPaste:
         if self.class_ids.device != masks.device:
             self.class_ids = self.class_ids.to(masks.device)  # once, not at every step
         paste = torch.isin(source_masks, self.class_ids)
-        images[chosen] = torch.where(at_image_size(paste, images), source_images, images[chosen])
+        images[chosen] = torch.where(paste[:, None], source_images, images[chosen])
         masks[chosen] = torch.where(paste, source_masks, masks[chosen])
         return images, masks
-
-
-def at_image_size(paste: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """The (N, H, W) paste mask as (N, 1, h, w) for images smaller than their labels
-    (`data.input_scale`): an image pixel is pasted where at least half its label pixels are."""
-    if paste.shape[-2:] == images.shape[-2:]:
-        return paste[:, None]
-    return F.interpolate(paste[:, None].float(), size=images.shape[-2:], mode="area") >= 0.5
 
 
 def check_probability(probability: float) -> None:

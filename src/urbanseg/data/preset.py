@@ -18,8 +18,6 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,16 +59,9 @@ class Preset:
 
 def preset_for(data_cfg, model: Optional[torch.nn.Module] = None) -> Preset:
     """The preset of a run: validation saw images at `data.val_resize`, else at the size they
-    were loaded at (`data.load_size`); the training crop is the sliding window. Both are label
-    sizes: the model saw images `data.input_scale` times their size."""
-    scale = data_cfg.input_scale
-    if scale != 1.0 and not (data_cfg.val_resize or data_cfg.load_size):
-        # inference resizes every image to input_size; without one it would feed images at their own size
-        raise ConfigError("data.input_scale: set data.val_resize (or data.load_size) as well: the label size "
-                          "the model's input size is a fraction of")
-
+    were loaded at (`data.load_size`); the training crop is the sliding window."""
     def size(value) -> Size:
-        return None if value is None else (max(1, round(value[0] * scale)), max(1, round(value[1] * scale)))
+        return None if value is None else (int(value[0]), int(value[1]))
 
     return Preset(input_size=size(data_cfg.val_resize or data_cfg.load_size), window=size(data_cfg.crop),
                   pad_multiple=int(getattr(model, "multiple", 1)) if model is not None else 1)

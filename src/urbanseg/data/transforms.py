@@ -3,12 +3,6 @@
 Masks are always resampled with nearest neighbour and padded with the ignore index, so a mask
 never gains a value that was not in it (besides the ignore index). Both pipelines end in a
 float CHW image tensor (normalised with the run's `Preset`) and an int64 HW mask tensor.
-
-With an `input_scale` below 1 (`data.input_scale`) the image, and only the image, is shrunk at the
-end of the geometric steps: the model sees a smaller image than the labels it is scored against,
-which keep the detail (a pole one pixel wide, a sign's edge) that shrinking labels by nearest
-neighbour breaks up. The loss upsamples the logits to the labels (`losses.at_label_size`), as
-`urbanseg evaluate` does with full-resolution labels.
 """
 from __future__ import annotations
 
@@ -20,7 +14,6 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from .preset import Preset
 
 
@@ -35,32 +28,6 @@ class AugmentConfig:
     rotate: float = 0.0  # max rotation in degrees (0: off)
     color_jitter: float = 0.2  # brightness/contrast/saturation strength (0: off)
     blur: float = 0.0  # probability of a Gaussian blur
-    input_scale: float = 1.0  # the image's size relative to its labels' (the labels keep theirs)
-
-
-class ShrinkImage(A.ImageOnlyTransform):
-    """Resize the image, not its mask, by `factor` (area averaging): see `input_scale` above."""
-
-    def __init__(self, factor: float, p: float = 1.0):
-        super().__init__(p=p)
-        self.factor = factor
-
-    def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        return shrink(img, self.factor)
-
-
-def shrink(image: np.ndarray, factor: float) -> np.ndarray:
-    """An image resized by `factor` (sides rounded, at least 1 pixel), area-averaged."""
-    height, width = image.shape[:2]
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return image if size == (width, height) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def check_input_scale(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ConfigError(f"data.input_scale: expected a number in (0, 1] (the image's size relative to its "
-                          f"labels'), got {value!r}")
-    return float(value)
 
 
 class PairTransform:
@@ -111,8 +78,6 @@ def train_transform(cfg: AugmentConfig, ignore_index: int = 255, preset: Preset 
         )
     if cfg.hflip:
         steps.append(A.HorizontalFlip(p=cfg.hflip))
-    if check_input_scale(cfg.input_scale) != 1.0:  # before the photometric steps: they cost less there
-        steps.append(ShrinkImage(cfg.input_scale))
     if cfg.color_jitter:
         j = cfg.color_jitter
         steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4), p=0.8))
@@ -122,14 +87,10 @@ def train_transform(cfg: AugmentConfig, ignore_index: int = 255, preset: Preset 
     return PairTransform(steps)
 
 
-def eval_transform(resize: Optional[Tuple[int, int]] = None, preset: Preset = Preset(),
-                   input_scale: float = 1.0) -> PairTransform:
-    """Deterministic: optional resize of the image and mask, the image shrunk by `input_scale`, then
-    normalisation."""
+def eval_transform(resize: Optional[Tuple[int, int]] = None, preset: Preset = Preset()) -> PairTransform:
+    """Deterministic: optional resize of the image and mask, then normalisation."""
     steps: list = []
     if resize:
         steps.append(A.Resize(*resize, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
-    if check_input_scale(input_scale) != 1.0:
-        steps.append(ShrinkImage(input_scale))
     steps.append(A.Normalize(mean=preset.mean, std=preset.std))
     return PairTransform(steps)

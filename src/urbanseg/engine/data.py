@@ -19,18 +19,16 @@ from ..errors import ConfigError
 def augment_config(cfg: DataConfig) -> AugmentConfig:
     return AugmentConfig(
         resize=config_size(cfg.resize, "data.resize"), scale=tuple(cfg.scale), crop=config_size(cfg.crop, "data.crop"),
-        hflip=cfg.hflip, rotate=cfg.rotate, color_jitter=cfg.color_jitter, blur=cfg.blur, input_scale=cfg.input_scale,
+        hflip=cfg.hflip, rotate=cfg.rotate, color_jitter=cfg.color_jitter, blur=cfg.blur,
     )
 
 
 def build_train_val(cfg: DataConfig, preset: Preset = Preset()) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The training split with its augmentation and the validation split at `data.val_resize` (its
-    images shrunk by `data.input_scale`), each restricted to the samples `data.train_samples` /
-    `data.val_samples` list when set."""
+    """The training split with its augmentation and the validation split at `data.val_resize`, each
+    restricted to the samples `data.train_samples` / `data.val_samples` list when set."""
     train = build_dataset(cfg, cfg.train_split)
     train.transform = train_transform(augment_config(cfg), train.labels.ignore_index, preset)
-    val = build_dataset(cfg, cfg.val_split,
-                        eval_transform(config_size(cfg.val_resize, "data.val_resize"), preset, cfg.input_scale))
+    val = build_dataset(cfg, cfg.val_split, eval_transform(config_size(cfg.val_resize, "data.val_resize"), preset))
     if cfg.train_samples is not None:
         restrict_to_list(train, cfg.train_samples)
     if cfg.val_samples is not None:

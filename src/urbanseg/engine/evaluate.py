@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import cv2
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.preset import Preset
-from ..losses import at_label_size
 from ..metrics import ConfusionMatrix
 from ..visualize import sample_grid
 from .distributed import all_reduce_sum
@@ -30,7 +28,7 @@ def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, labels,
             break
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        logits = at_label_size(precision.forward(model, images), masks)
+        logits = precision.forward(model, images)
         loss_sum[0] += criterion(logits, masks).double() * images.shape[0]
         loss_sum[1] += images.shape[0]
         matrix.update(logits.argmax(dim=1), masks)
@@ -52,10 +50,7 @@ def save_sample_grid(model: nn.Module, dataset, count: int, device: torch.device
     rows = []
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
-        logits = at_label_size(precision.forward(model, image[None].to(device)), mask[None])
-        picture = preset.to_image(image)
-        if picture.shape[:2] != tuple(mask.shape):  # data.input_scale: shown at the labels' size
-            picture = cv2.resize(picture, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
-        rows.append((picture, mask.numpy().astype("uint8"), logits.argmax(dim=1)[0].cpu().numpy().astype("uint8")))
+        pred = precision.forward(model, image[None].to(device)).argmax(dim=1)[0].cpu().numpy().astype("uint8")
+        rows.append((preset.to_image(image), mask.numpy().astype("uint8"), pred))
     model.train(was_training)
     sample_grid(rows, dataset.labels, path, title)
