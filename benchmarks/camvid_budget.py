@@ -43,7 +43,7 @@ from urbanseg.evaluation import evaluate_predictor
 from urbanseg.inference import Predictor, TorchBackend, load
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "camvid" / "unet_regnetx002_adamw_180x240_cpu_60min.yaml"
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "camvid" / "unet_regnetx004_adamw_180x240_cpu_60min.yaml"
 
 
 def plain_loop(root: Path, minutes: float, seed: int = 0) -> dict:

@@ -201,7 +201,7 @@ def test_every_readme_command_runs(cityscapes_copy, tmp_path):
         labels = list((generated / "gtFine" / split).rglob("*_gtFine_labelIds.png"))
         assert len(images) == len(labels) > 0, split
     assert list((work / "runs").glob("*/checkpoints/best.pt"))  # the recipes trained with their default run dirs
-    camvid = json.loads((work / "runs/unet_regnetx002_adamw_180x240_cpu_60min/eval-val/metrics.json").read_text())
+    camvid = json.loads((work / "runs/unet_regnetx004_adamw_180x240_cpu_60min/eval-val/metrics.json").read_text())
     assert len(camvid["per_class"]) == 11  # the CamVid recipe trained and was scored on CamVid's classes
 
 
