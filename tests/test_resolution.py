@@ -42,24 +42,68 @@ def test_a_bad_phase_names_its_key(value, message):
         ResolutionSchedule(load_config(None, [f"data.resolution_schedule={value}"]).data)
 
 
+def _train_on_a_clock(monkeypatch, schedule: ResolutionSchedule, seconds_per_step: list, budget: float,
+                      check=None) -> tuple[list, float]:
+    """The loop's phase and run-length bookkeeping on a fake clock, each step taking its phase's
+    seconds (the first five 2 s, untimed warm-up); returns each step's phase and the seconds used."""
+    clock = [0.0]
+    monkeypatch.setattr(run_length_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    length = RunLength(planned_steps=10_000, max_minutes=budget / 60, units=schedule.units)
+    phases = []
+    while len(phases) < length.total_steps:
+        phase = schedule.follow(len(phases), length.total_steps)
+        if phases and phase != phases[-1]:
+            length.new_phase(len(phases))
+        phases.append(phase)
+        clock[0] += 2.0 if len(phases) <= 5 else seconds_per_step[phase]
+        length.refit(len(phases))
+        if check:
+            check(len(phases), length)
+    return phases, clock[0]
+
+
 def test_a_budget_fits_the_dearer_phase_in_its_minutes(monkeypatch):
     """100 s of budget; steps take 1 s, 4 s in the last fifth of the run. Fitted in cost units, the
     run ends on its budget; fitted in plain steps, it would plan 95 steps and take 157 s."""
-    clock = [0.0]
-    monkeypatch.setattr(run_length_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
-    schedule = ResolutionSchedule(load_config(None, ["data.crop=[32, 64]", LATE_LARGE]).data)
-    length = RunLength(planned_steps=1000, max_minutes=100 / 60, units=schedule.units)
-    step, large_steps = 0, 0
-    while step < length.total_steps:
-        phase = schedule.phase(step, length.total_steps)
-        large_steps += phase
-        clock[0] += 2.0 if step < 5 else schedule.costs[phase]  # the warm-up is slow and not timed
-        step += 1
-        length.refit(step)
+    def after_25(step, length):
         if step == 25:  # 30 s used at 1 s per unit: 70 units left, = 1.6 N - 25 for a run of N steps
             assert length.total_steps == 59
-    assert 96 <= clock[0] <= 100
-    assert large_steps == step - round(0.8 * step)
+    schedule = ResolutionSchedule(load_config(None, ["data.crop=[32, 64]", LATE_LARGE]).data)
+    phases, seconds = _train_on_a_clock(monkeypatch, schedule, [1.0, 4.0], 100, after_25)
+    assert 96 <= seconds <= 100
+    assert sum(phases) == len(phases) - round(0.8 * len(phases))
+
+
+@pytest.mark.parametrize("seconds_per_large_step", [2.0, 6.0])
+def test_a_phase_dearer_or_cheaper_than_its_pixels_never_sends_the_run_back(monkeypatch, seconds_per_large_step):
+    """Its pixels say a 64x128 step costs 4 of 32x64; really 2 (or 6). Timed after the switch, the
+    run is refitted longer (shorter), which puts half its steps past the switch: the run stays in
+    the phase it entered, at its new length, and ends on its budget."""
+    schedule = ResolutionSchedule(load_config(None, ["data.crop=[32, 64]",
+                                                     "data.resolution_schedule=[{start: 0.5, crop: [64, 128]}]"]).data)
+    phases, seconds = _train_on_a_clock(monkeypatch, schedule, [1.0, seconds_per_large_step], 400)
+    switch = phases.index(1)
+    assert phases == [0] * switch + [1] * (len(phases) - switch)  # one switch, never back
+    assert schedule.entered == [0, switch]
+    assert 400 - 2 * seconds_per_large_step <= seconds <= 400
+    # fitted at step 25 (30 s used) at 1 s and 4 s a step: 2.5 N - 25 = 370, N = 158, the switch
+    # at 79 (84 s used); the large steps then fill what is left at their real price
+    assert switch == 79 and abs(len(phases) - switch - 316 / seconds_per_large_step) <= 1
+
+
+def test_the_phases_entered_stay_when_the_run_grows_and_after_a_resume():
+    cfg = load_config(None, ["data.crop=[32, 64]", LATE_LARGE]).data
+    schedule = ResolutionSchedule(cfg)
+    assert [schedule.follow(step, 100) for step in (79, 80)] == [0, 1]
+    assert schedule.phase(85, 200) == 1  # at 200 steps the phase would begin at 160: it began at 80
+    assert schedule.units(0, 200, 200) == 80 + 4 * 120
+    assert schedule.units(70, 90, 300) == 10 + 4 * 10  # the steps done are counted as they were
+    resumed = ResolutionSchedule(cfg)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.phase(85, 200) == 1 and resumed.first_steps(200) == [0, 80]
+    older = ResolutionSchedule(cfg)
+    older.load_state_dict({})  # a checkpoint from before the phases were kept: by fraction, as then
+    assert older.phase(85, 200) == 0 and older.first_steps(200) == [0, 160]
 
 
 def _record_batch_sizes(monkeypatch) -> list:
@@ -94,7 +138,8 @@ def test_a_resumed_run_continues_in_its_phase(cityscapes_root, tmp_path, monkeyp
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         train_module.train(cfg, tmp_path / "run", on_evaluation=stop_at_six)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").training["progress"]["step"] == 6
+    training = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").training
+    assert training["progress"]["step"] == 6 and training["resolution"] == {"entered": [0, 4]}
     seen.clear()
     train_module.train(cfg, tmp_path / "run", resume=True)
     assert seen == [(64, 128)] * 2

@@ -9,6 +9,12 @@ runs alike. Under `trainer.max_minutes` the steps of a larger phase cost more: `
 step by its pixels per image relative to the first phase, and `RunLength` fits the run's length
 in those units, so the phases still fit in the budget (the weights are an estimate until the
 larger steps are timed; each refit measures again).
+
+A run never goes back to an earlier phase. Under a budget the run's length is refitted as the
+steps are timed, and a dearer phase that turns out cheaper than its pixels said makes the run
+longer, which would put the step the phase began at before its fraction again: the phase that
+was entered stays (`follow`), and the steps each phase really began at (`entered`, kept in
+checkpoints) are what the cost of the steps done and to come is counted with.
 """
 from __future__ import annotations
 
@@ -39,16 +45,35 @@ class ResolutionSchedule:
                                                     resolution_schedule=[]))
         base = _pixels(cfg)
         self.costs = [(_pixels(c) / base) if base and _pixels(c) else 1.0 for c in self.configs]
+        self.entered = [0]  # the step each phase so far began at; the last is the run's current phase
 
     def __len__(self) -> int:
         return len(self.configs)
 
-    def first_step(self, phase: int, total_steps: int) -> int:
-        return round(self.starts[phase] * total_steps)
+    def first_steps(self, total_steps: int) -> list[int]:
+        """The step each phase begins at in a run of `total_steps`: where it began for the phases
+        entered, at its fraction of the run (never before the current phase) for the others."""
+        firsts = list(self.entered)
+        for start in self.starts[len(firsts):]:
+            firsts.append(max(round(start * total_steps), firsts[-1]))
+        return firsts
 
     def phase(self, step: int, total_steps: int) -> int:
         """The phase of the optimizer step that follows `step` steps done, in a run of `total_steps`."""
-        return max(i for i in range(len(self)) if step >= self.first_step(i, total_steps))
+        return max(i for i, first in enumerate(self.first_steps(total_steps)) if step >= first)
+
+    def follow(self, step: int, total_steps: int) -> int:
+        """The phase of the next optimizer step, entered (from `step` on) when it is a later one."""
+        phase = self.phase(step, total_steps)
+        self.entered += [step] * (phase + 1 - len(self.entered))
+        return phase
+
+    def state_dict(self) -> dict:
+        return {"entered": list(self.entered)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed run's phases (a checkpoint from before `entered` was kept: from the first)."""
+        self.entered = list(state.get("entered", [0]))
 
     def data_config(self, phase: int) -> DataConfig:
         """The data section with this phase's sizes (what its training transform is built from)."""
@@ -56,12 +81,10 @@ class ResolutionSchedule:
 
     def units(self, start: int, stop: int, total_steps: int) -> float:
         """The cost of steps [start, stop) of a run of `total_steps`, in first-phase steps."""
-        cost = 0.0
-        for i in range(len(self)):
-            end = self.first_step(i + 1, total_steps) if i + 1 < len(self) else stop
-            begin = self.first_step(i, total_steps)
-            cost += self.costs[i] * max(0, min(stop, end) - max(start, begin))
-        return cost
+        firsts = self.first_steps(total_steps)
+        ends = firsts[1:] + [stop]
+        return sum(cost * max(0, min(stop, end) - max(start, begin))
+                   for cost, begin, end in zip(self.costs, firsts, ends))
 
 
 def _pixels(cfg: DataConfig) -> int:

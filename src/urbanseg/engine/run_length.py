@@ -5,7 +5,8 @@
 schedule anneals to it, so the learning rate still decays by the end; a budget may shorten the
 run, never lengthen it past the plan. A resumed run keeps the length it was fitted to. When steps
 differ in cost (progressive resizing, `engine.resolution`), the length is fitted in cost units,
-so that the dearer steps at the end are paid for from the start.
+so that the dearer steps at the end are paid for from the start; when such a phase begins, its
+steps are timed afresh and the run fitted to their real price (`new_phase`).
 
 It also keeps the run's clock: `trained_seconds()` is wall-clock time spent training, net of
 evaluations and checkpoints, summed over resumes (metrics.csv logs it with every row, so curves
@@ -42,6 +43,7 @@ class RunLength:
         self.max_seconds = max_minutes * 60 if max_minutes else None  # the budget, kept on resume
         self.budget_seconds = self.max_seconds if fitted_steps is None else None  # still to be fitted
         self.start_step, self.start = start_step, time.perf_counter()
+        self.segment_step = start_step  # where the steps being timed began: the start, or a new phase
         self.prior_seconds = trained_seconds  # trained before this process started (a resumed run)
         self.timer_step: Optional[int] = None
         self.timer_start, self.timer_excluded = 0.0, 0.0
@@ -89,14 +91,20 @@ class RunLength:
         per_step = (self.trained_seconds() - self.prior_seconds) / max(step - self.start_step, 1)
         return max(1, round(seconds / max(per_step, 1e-9)))
 
+    def new_phase(self, step: int) -> None:
+        """The steps from `step` on are a new resolution phase's, priced so far by their pixels
+        only: time them afresh after a warm-up (a new loader, new shapes) and fit the run to them."""
+        self.segment_step = step
+
     def refit(self, step: int) -> Optional[int]:
         """After optimizer step `step`: the run's new length where it is (re)computed, else None.
-        It may grow only in the first half of the budget: later, a longer poly schedule would
-        raise the learning rate again near the end."""
+        It may grow only in the first half of the budget, or at the first fit of a new phase's
+        steps (else a phase cheaper than estimated would leave its budget unused): otherwise a
+        longer poly schedule would raise the learning rate again near the end."""
         if self.budget_seconds is None:
             return None
         now = time.perf_counter()
-        since_start = step - self.start_step
+        since_start = step - self.segment_step
         if since_start == self.warmup_steps:
             self.timer_step, self.timer_start, self.timer_excluded = step, now, self.excluded
         first_fit = self.warmup_steps + self.timed_steps

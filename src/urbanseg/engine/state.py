@@ -153,6 +153,8 @@ def build_training(cfg: Config, run_dir: Path, resume_from: Optional[Checkpoint]
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)
     progress, run_length = _progress_of(resume_from, run_dir)
+    if resume_from is not None:
+        resolution.load_state_dict(resume_from.training.get("resolution", {}))  # the phases it entered
     planned_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
     length = RunLength(planned_steps, t.max_minutes, progress.step, run_length.get("fitted_steps"),
                        run_length.get("trained_seconds", 0.0), resolution.units)

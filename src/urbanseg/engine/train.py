@@ -123,7 +123,7 @@ def follow_resolution_schedule(s: TrainState) -> bool:
     True when it switched. The loader is built again, since loader processes hold a copy of the
     dataset, and the epoch goes on where it was (`epoch_steps`). Every rank switches at the same
     step: the phase follows from the step and the run's length, which rank 0 fits for all."""
-    phase = s.resolution.phase(s.progress.step, s.length.total_steps)
+    phase = s.resolution.follow(s.progress.step, s.length.total_steps)
     if phase == s.phase:
         return False
     data = s.resolution.data_config(phase)
@@ -131,6 +131,7 @@ def follow_resolution_schedule(s: TrainState) -> bool:
     dataset.transform = train_transform(augment_config(data), s.labels.ignore_index, s.preset)
     s.train_loader = make_loader(dataset, s.train_sampler, data.batch_size, data.workers, True, s.device.type == "cuda")
     s.phase = phase
+    s.length.new_phase(s.progress.step)  # its steps are timed afresh
     if s.dist.is_main:
         tqdm.write(f"step {s.progress.step}: resolution phase {phase}: resize {data.resize}, crop {data.crop}")
     return True
@@ -233,7 +234,7 @@ def save_training_checkpoint(s: TrainState, name: str) -> None:
     training = {"optimizer": s.optimizer.state_dict(), "schedule": s.schedule.state_dict(),
                 "scaler": s.scaler.state_dict(), "ema_updates": int(s.ema.n_averaged) if s.ema is not None else 0,
                 "progress": vars(s.progress).copy(), "run_length": s.length.state_dict(), "rng": rngs,
-                "precision": s.precision.name}
+                "resolution": s.resolution.state_dict(), "precision": s.precision.name}
     save_checkpoint(s.checkpoint_dir / name, Checkpoint(
         config=s.cfg.to_dict(), labels=s.labels, preset=s.preset, model=s.model.state_dict(),
         ema=s.ema.module.state_dict() if s.ema is not None else None, training=training))
