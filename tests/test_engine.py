@@ -228,3 +228,18 @@ def test_time_budget_refits_and_grows_only_in_its_first_half(monkeypatch):
     assert fits[100] == fits[50]
     run(50, 1.0)  # step 150: 105 s used, slower: shortened to stop now
     assert fits[150] == 150
+
+
+def test_time_budget_is_spent_when_the_pace_varies(monkeypatch):
+    """Blocks of 50 steps alternately 20% slower and 20% faster than 1 s (a shared machine's
+    minutes): timed over the latest 10% of the budget, the run neither keeps the slowest window's
+    pace in its second half, where it may only shorten (timed over 50 steps: 1826 s), nor overruns."""
+    clock = [0.0]
+    monkeypatch.setattr(run_length_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    length = RunLength(planned_steps=100_000, max_minutes=2000 / 60)
+    step = 0
+    while step < length.total_steps:
+        clock[0] += 1.2 if (step // 50) % 2 else 0.8
+        step += 1
+        length.refit(step)
+    assert 1940 <= clock[0] <= 2010 and 1940 <= step <= 2010

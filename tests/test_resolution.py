@@ -6,7 +6,7 @@ from engine_helpers import tiny_config
 from urbanseg.config import load_config
 from urbanseg.engine import run_length as run_length_module
 from urbanseg.engine import train as train_module
-from urbanseg.engine.checkpoint import load_checkpoint
+from urbanseg.engine.checkpoint import load_checkpoint, resume_config
 from urbanseg.engine.resolution import ResolutionSchedule
 from urbanseg.engine.run_length import RunLength
 from urbanseg.errors import ConfigError
@@ -71,14 +71,15 @@ def test_a_budget_fits_the_dearer_phase_in_its_minutes(monkeypatch):
     schedule = ResolutionSchedule(load_config(None, ["data.crop=[32, 64]", LATE_LARGE]).data)
     phases, seconds = _train_on_a_clock(monkeypatch, schedule, [1.0, 4.0], 100, after_25)
     assert 96 <= seconds <= 100
-    assert sum(phases) == len(phases) - round(0.8 * len(phases))
+    assert len(phases) == 59 and phases.index(1) == round(0.8 * 59)
 
 
 @pytest.mark.parametrize("seconds_per_large_step", [2.0, 6.0])
 def test_a_phase_dearer_or_cheaper_than_its_pixels_never_sends_the_run_back(monkeypatch, seconds_per_large_step):
     """Its pixels say a 64x128 step costs 4 of 32x64; really 2 (or 6). Timed after the switch, the
-    run is refitted longer (shorter), which puts half its steps past the switch: the run stays in
-    the phase it entered, at its new length, and ends on its budget."""
+    run is refitted longer, which would put the phase's fraction after the step it began at (or
+    shorter, which would overrun the budget until the next regular refit): the run stays in the
+    phase it entered, fitted to the real price, and ends on its budget."""
     schedule = ResolutionSchedule(load_config(None, ["data.crop=[32, 64]",
                                                      "data.resolution_schedule=[{start: 0.5, crop: [64, 128]}]"]).data)
     phases, seconds = _train_on_a_clock(monkeypatch, schedule, [1.0, seconds_per_large_step], 400)
@@ -89,6 +90,17 @@ def test_a_phase_dearer_or_cheaper_than_its_pixels_never_sends_the_run_back(monk
     # fitted at step 25 (30 s used) at 1 s and 4 s a step: 2.5 N - 25 = 370, N = 158, the switch
     # at 79 (84 s used); the large steps then fill what is left at their real price
     assert switch == 79 and abs(len(phases) - switch - 316 / seconds_per_large_step) <= 1
+
+
+def test_three_phases_one_of_them_skipped():
+    cfg = load_config(None, ["data.crop=[32, 64]", "data.resolution_schedule=[{start: 0.5, crop: [32, 128]}, "
+                                                   "{start: 0.6, crop: [64, 128]}]"]).data
+    schedule = ResolutionSchedule(cfg)
+    assert schedule.costs == [1.0, 2.0, 4.0]
+    assert schedule.follow(40, 100) == 0
+    assert schedule.follow(45, 70) == 2  # the run was refitted shorter: past both starts at once
+    assert schedule.entered == [0, 45, 45] and schedule.first_steps(200) == [0, 45, 45]
+    assert schedule.units(40, 50, 70) == 5 + 4 * 5  # the skipped phase has no steps
 
 
 def test_the_phases_entered_stay_when_the_run_grows_and_after_a_resume():
@@ -104,6 +116,9 @@ def test_the_phases_entered_stay_when_the_run_grows_and_after_a_resume():
     older = ResolutionSchedule(cfg)
     older.load_state_dict({})  # a checkpoint from before the phases were kept: by fraction, as then
     assert older.phase(85, 200) == 0 and older.first_steps(200) == [0, 160]
+    fewer = ResolutionSchedule(load_config(None, ["data.crop=[32, 64]"]).data)
+    fewer.load_state_dict(schedule.state_dict())  # resumed with the schedule taken out
+    assert fewer.entered == [0] and fewer.phase(85, 200) == 0
 
 
 def _record_batch_sizes(monkeypatch) -> list:
@@ -143,3 +158,9 @@ def test_a_resumed_run_continues_in_its_phase(cityscapes_root, tmp_path, monkeyp
     seen.clear()
     train_module.train(cfg, tmp_path / "run", resume=True)
     assert seen == [(64, 128)] * 2
+    # made longer, it stays in the phase it entered at step 4 (by fraction, the phase would begin at 8)
+    seen.clear()
+    longer = resume_config(tmp_path / "run", ["trainer.max_steps=16"])
+    train_module.train(longer, tmp_path / "run", resume=True)
+    assert seen == [(64, 128)] * 8
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").training["resolution"] == {"entered": [0, 4]}

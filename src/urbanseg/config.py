@@ -23,7 +23,8 @@ from .files import write_text
 class ResolutionPhase:
     """One step of progressive resizing (`data.resolution_schedule`, see engine.resolution): from
     `start`, a fraction of the run's optimizer steps, training images are resized and cropped to
-    these sizes; a size left null keeps the data section's."""
+    these sizes; a size left null keeps the data section's. Once entered, a phase stays: a run
+    made longer (refitted to its time budget, or resumed with more steps) does not go back."""
 
     start: float = 0.0
     resize: Optional[List[int]] = None

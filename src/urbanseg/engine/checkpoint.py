@@ -9,7 +9,8 @@ A checkpoint is a dict of tensors and plain values (`torch.load(..., weights_onl
     model               the trained weights
     ema                 the EMA of the weights (same keys as `model`), or None
     training            what continuing the run needs: optimizer, schedule, grad scaler, EMA update
-                        count, progress, run length, every rank's RNG states, precision; or None
+                        count, progress, run length, the resolution phases entered, every rank's
+                        RNG states, precision; or None
 
 `save_checkpoint` writes it, `load_checkpoint` reads and checks it, `load_model` turns it into a
 model ready for use, `resume_config` gives the config to continue a run with. No other module

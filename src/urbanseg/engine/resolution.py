@@ -4,8 +4,8 @@ the steps of each phase cost.
 Training at a low resolution first and at a higher one at the end buys many cheap steps and a
 model that has seen its objects at the detail it will be scored at (fastai's progressive
 resizing; Touvron et al., "Fixing the train-test resolution discrepancy", 2019). A phase starts
-at a fraction of the run's optimizer steps, so one schedule serves step-, epoch- and time-limited
-runs alike. Under `trainer.max_minutes` the steps of a larger phase cost more: `units` weighs each
+at a fraction of the run's optimizer steps (until it is entered: see below), so one schedule
+serves step-, epoch- and time-limited runs alike. Under `trainer.max_minutes` the steps of a larger phase cost more: `units` weighs each
 step by its pixels per image relative to the first phase, and `RunLength` fits the run's length
 in those units, so the phases still fit in the budget (the weights are an estimate until the
 larger steps are timed; each refit measures again).
@@ -72,8 +72,9 @@ class ResolutionSchedule:
         return {"entered": list(self.entered)}
 
     def load_state_dict(self, state: dict) -> None:
-        """A resumed run's phases (a checkpoint from before `entered` was kept: from the first)."""
-        self.entered = list(state.get("entered", [0]))
+        """A resumed run's phases (a checkpoint from before `entered` was kept: from the first; a
+        run resumed with fewer phases keeps those it has)."""
+        self.entered = list(state.get("entered", [0]))[:len(self)] or [0]
 
     def data_config(self, phase: int) -> DataConfig:
         """The data section with this phase's sizes (what its training transform is built from)."""

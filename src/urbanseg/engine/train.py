@@ -122,7 +122,8 @@ def follow_resolution_schedule(s: TrainState) -> bool:
     """Switch the training data to the resolution phase of the next step (`data.resolution_schedule`);
     True when it switched. The loader is built again, since loader processes hold a copy of the
     dataset, and the epoch goes on where it was (`epoch_steps`). Every rank switches at the same
-    step: the phase follows from the step and the run's length, which rank 0 fits for all."""
+    step: the phase follows from the step, the run's length, which rank 0 fits for all, and the
+    steps the phases so far were entered at, the same on every rank."""
     phase = s.resolution.follow(s.progress.step, s.length.total_steps)
     if phase == s.phase:
         return False
