@@ -24,9 +24,10 @@ from .distributed import broadcast_object
 
 class RunLength:
     """After a warm-up (data-loader start-up, first allocations), time the steps and fit the run's
-    length to the budget; refitted every `refit_every` steps at the pace of the latest steps (about
-    `pace_share` of the budget: windows of a few seconds vary by 10% and more, and a run that may
-    only shorten in its second half would follow the slowest), as the first ones are often slower. A new resolution phase starts the warm-up, timing and cadence again
+    length to the budget; refitted every `refit_every` steps at the pace of the latest steps, as
+    the first ones are often slower: of about `pace_share` of the budget, since windows of a few
+    seconds vary by 10% and more, and a run that may only shorten in its second half would follow
+    the slowest. A new resolution phase starts the warm-up, timing and cadence again
     (`new_phase`). Time spent in evaluations (`paused()`) does not count."""
 
     warmup_steps, timed_steps, refit_every, pace_share = 5, 20, 50, 0.1
@@ -107,20 +108,20 @@ class RunLength:
             return None
         now = time.perf_counter()
         net = now - self.excluded  # a clock that stops in evaluations
-        since_start = step - self.segment_step
-        if since_start == self.warmup_steps:
+        since_segment = step - self.segment_step
+        if since_segment == self.warmup_steps:
             self.marks = [(step, net)]
         first_fit = self.warmup_steps + self.timed_steps
-        if since_start != first_fit and (since_start < first_fit or since_start % self.refit_every):
+        if since_segment != first_fit and (since_segment < first_fit or since_segment % self.refit_every):
             return None
         self.marks.append((step, net))
         while len(self.marks) > 2 and net - self.marks[1][1] >= self.max_seconds * self.pace_share:
             self.marks.pop(0)  # the window still spans pace_share of the budget without it
         mark_step, mark_net = self.marks[0]
         per_unit = (net - mark_net) / max(self.units(mark_step, step, self.total_steps), 1e-9)
-        elapsed = now - self.start - self.excluded
+        elapsed = net - self.start
         fitted = self._steps_within(step, max(self.budget_seconds - elapsed, 0.0) / per_unit)
-        if since_start != first_fit and elapsed > self.budget_seconds / 2:
+        if since_segment != first_fit and elapsed > self.budget_seconds / 2:
             fitted = min(fitted, self.total_steps)
         self.total_steps = self.fitted_steps = broadcast_object(fitted)  # every rank stops at rank 0's count
         return self.total_steps
