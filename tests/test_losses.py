@@ -62,9 +62,9 @@ def test_ohem_keeps_hard_pixels():
     assert OhemCrossEntropy(threshold=0.01, min_kept=2)(LOGITS, TARGET).item() == pytest.approx(top2, rel=1e-6)
 
 
-@pytest.mark.parametrize("term", ["ce", "dice", "focal", "ohem"])
+@pytest.mark.parametrize("term", ["ce", "dice", "focal", "ohem", "ce+dice"])
 def test_all_ignored_batch_is_finite_and_has_zero_gradient(term):
-    loss_fn = build_loss(LossConfig(terms={term: 1.0}), class_weights=[1.0, 2.0, 3.0])
+    loss_fn = build_loss(LossConfig(terms={name: 1.0 for name in term.split("+")}), class_weights=[1.0, 2.0, 3.0])
     logits = LOGITS.clone().requires_grad_(True)
     loss = loss_fn(logits, torch.full_like(TARGET, 255))
     assert torch.isfinite(loss) and loss.item() == 0.0
@@ -98,7 +98,8 @@ def test_class_weights_formulas():
 @pytest.mark.parametrize("ignore_some", [True, False])
 def test_fused_ce_dice_equals_the_sum_of_its_terms(ignore_some):
     """CrossEntropyDice has its own backward: values and gradients must equal the two terms' sum,
-    also for bf16 channels-last logits (what the model gives under autocast) and absent classes."""
+    also for channels-last logits in fp32 and bf16 (what the model gives under autocast), absent
+    classes and an upstream gradient other than 1."""
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 6, 7) * 3
     target = torch.randint(0, 4, (2, 6, 7))  # class 4 absent
@@ -111,7 +112,7 @@ def test_fused_ce_dice_equals_the_sum_of_its_terms(ignore_some):
     def value_and_grad(loss_fn, x):
         x = x.detach().requires_grad_(True)
         loss = loss_fn(x, target)
-        loss.backward()
+        (2.5 * loss).backward()
         return loss.detach(), x.grad
 
     def separate(x, t):
@@ -119,6 +120,11 @@ def test_fused_ce_dice_equals_the_sum_of_its_terms(ignore_some):
 
     expected, expected_grad = value_and_grad(separate, logits)
     got, got_grad = value_and_grad(fused, logits)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(got_grad, expected_grad, atol=1e-6)
+
+    channels_last = logits.contiguous(memory_format=torch.channels_last)
+    got, got_grad = value_and_grad(fused, channels_last)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(got_grad, expected_grad, atol=1e-6)
 
