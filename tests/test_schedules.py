@@ -22,6 +22,37 @@ def test_poly_and_cosine_with_linear_warmup():
         [0.1, 0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi / 2)), 0.001])
 
 
+@pytest.mark.parametrize("name", ["poly", "cosine"])
+def test_a_refitted_run_decays_on_from_where_it_is(name):
+    """A time budget refits the run's length midway: the lr goes on from its value to the new end,
+    never up when the run lengthens; refitted to the same length, it is the closed form."""
+    closed = LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 100)
+    same, rates = LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 100), []
+    for step in range(101):  # as training calls it: refitted after some steps, the lr of the next
+        if step in (5, 30, 60):
+            same.refit(100, step)
+        rates.append(same.lr(step))
+    assert rates == pytest.approx([closed.lr(s) for s in range(101)], abs=1e-12)
+
+    for new_total in (160, 70):  # longer, shorter
+        schedule = LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 100)
+        schedule.refit(new_total, 60)
+        rates = [schedule.lr(s) for s in range(60, new_total + 1)]
+        assert rates[0] == pytest.approx(closed.lr(60))  # the step after the refit: as before it
+        assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+        assert rates[-1] == pytest.approx(0.0, abs=1e-12) and rates[-2] > 0  # decayed exactly at the new end
+    # progress is linear from the refit to the end: halfway there, halfway from where it was to 1
+    assert schedule.progress(65) == pytest.approx(closed.progress(60) + (1 - closed.progress(60)) / 2)
+
+    resumed = LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 70)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.lr(65) == schedule.lr(65)
+    old = {key: value for key, value in schedule.state_dict().items() if key != "anchor"}
+    from_old = LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 70)
+    from_old.load_state_dict(old)  # a checkpoint from before refits were anchored: the closed form
+    assert from_old.anchor == (10, 0.0)
+
+
 def test_step_multistep_in_epochs():
     # StepLR(20 epochs, 0.1) with 5 steps per epoch: drops at steps 100 and 200
     assert lr_at([99, 100, 200], total=300, per_epoch=5, name="step", unit="epoch", step_size=20) == pytest.approx(

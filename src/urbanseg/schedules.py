@@ -5,6 +5,11 @@
 constant, plateau (drops by `gamma` after `patience` evaluations without improvement) or
 inverse-square-root decay, never below `min_lr` after warmup. Counting happens in optimizer
 steps; recipes may give step sizes, milestones and warmup in epochs (`unit: epoch`).
+
+Poly and cosine decay over the run's steps. When a time budget changes the run's length midway
+(`refit`), the decay goes on from where it is to the new end: its progress is linear in the
+steps between the latest change and the end, so the learning rate never jumps up when the run
+lengthens, nor down when it shortens. Without changes that is the closed form.
 """
 from __future__ import annotations
 
@@ -34,14 +39,25 @@ class LRSchedule:
         self.plateau_drops = 0
         self.plateau_best: Optional[float] = None
         self.plateau_waited = 0
+        self.anchor = (self.warmup, 0.0)  # (step, progress of the decay there) it goes on from: `refit`
+
+    def refit(self, total_steps: int, step: int) -> None:
+        """The run now ends after `total_steps` (a time budget refitted it after `step` steps)."""
+        if step > self.warmup:
+            self.anchor = (step, self.progress(step))
+        self.total_steps = max(int(total_steps), 1)
+
+    def progress(self, step: int) -> float:
+        """The fraction of the decay done after `step`, 0 at the end of warmup and 1 at the end."""
+        anchor_step, anchor_progress = self.anchor
+        done = max(step - anchor_step, 0) / max(self.total_steps - anchor_step, 1)
+        return min(anchor_progress + (1 - anchor_progress) * done, 1.0)
 
     def lr(self, step: int) -> float:
         cfg, base = self.cfg, self.base_lr
         if step < self.warmup:
             fraction = (step + 1) / self.warmup
             return base * (fraction**2 if cfg.warmup_shape == "quadratic" else fraction)
-        t = step - self.warmup  # steps since warmup ended
-        span = max(self.total_steps - self.warmup, 1)
         if cfg.name == "constant":
             lr = base
         elif cfg.name == "step":
@@ -49,9 +65,9 @@ class LRSchedule:
         elif cfg.name == "multistep":
             lr = base * cfg.gamma ** sum(step >= m for m in self.milestones)
         elif cfg.name == "poly":
-            lr = cfg.min_lr + (base - cfg.min_lr) * (1 - min(t, span) / span) ** cfg.power
+            lr = cfg.min_lr + (base - cfg.min_lr) * (1 - self.progress(step)) ** cfg.power
         elif cfg.name == "cosine":
-            lr = cfg.min_lr + (base - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
+            lr = cfg.min_lr + (base - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
         elif cfg.name == "plateau":
             lr = base * cfg.gamma**self.plateau_drops
         else:  # inverse_sqrt: continues the warmup peak, decaying as 1/sqrt(step)
@@ -79,9 +95,11 @@ class LRSchedule:
 
     def state_dict(self) -> dict:
         return {"plateau_drops": self.plateau_drops, "plateau_best": self.plateau_best,
-                "plateau_waited": self.plateau_waited}
+                "plateau_waited": self.plateau_waited, "anchor": list(self.anchor)}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_drops = state["plateau_drops"]
         self.plateau_best = state["plateau_best"]
         self.plateau_waited = state["plateau_waited"]
+        if "anchor" in state:  # absent in checkpoints from before refits were anchored
+            self.anchor = (int(state["anchor"][0]), float(state["anchor"][1]))

@@ -26,9 +26,10 @@ class RunLength:
     """After a warm-up (data-loader start-up, first allocations), time the steps and fit the run's
     length to the budget; refitted every `refit_every` steps at the pace of the latest steps, as
     the first ones are often slower: of about `pace_share` of the budget, since windows of a few
-    seconds vary by 10% and more, and a run that may only shorten in its second half would follow
-    the slowest. A new resolution phase starts the warm-up, timing and cadence again
-    (`new_phase`). Time spent in evaluations (`paused()`) does not count."""
+    seconds vary by 10% and more. The run may grow or shrink at every refit, to its end: the
+    schedule's decay goes on from where it is to the new length (`LRSchedule.refit`), so the
+    learning rate does not jump. A new resolution phase starts the warm-up, timing and cadence
+    again (`new_phase`). Time spent in evaluations (`paused()`) does not count."""
 
     warmup_steps, timed_steps, refit_every, pace_share = 5, 20, 50, 0.1
     # evaluations under a time budget: about `curve_points` of them, costing at most `eval_share` of it
@@ -100,10 +101,8 @@ class RunLength:
 
     def refit(self, step: int) -> Optional[int]:
         """After optimizer step `step`: the run's new length where it is (re)computed, else None.
-        It may grow only in the first half of the budget, or at the first fit of a new phase's
-        steps (else a phase cheaper than estimated would leave its budget unused; the learning
-        rate then rises once, e.g. by a quarter for a last 15% priced 2.36 that costs 1.73):
-        otherwise a longer poly schedule would raise the learning rate again near the end."""
+        It may grow as well as shrink until the end: a run held to the shortest length it was
+        given stops early whenever the machine speeds up later."""
         if self.budget_seconds is None:
             return None
         now = time.perf_counter()
@@ -121,8 +120,6 @@ class RunLength:
         per_unit = (net - mark_net) / max(self.units(mark_step, step, self.total_steps), 1e-9)
         elapsed = net - self.start
         fitted = self._steps_within(step, max(self.budget_seconds - elapsed, 0.0) / per_unit)
-        if since_segment != first_fit and elapsed > self.budget_seconds / 2:
-            fitted = min(fitted, self.total_steps)
         self.total_steps = self.fitted_steps = broadcast_object(fitted)  # every rank stops at rank 0's count
         return self.total_steps
 

@@ -93,7 +93,8 @@ def after_step(s: TrainState, bar: tqdm, loss: torch.Tensor, lr: float, throughp
     returns the validation metrics when it evaluated."""
     p, t = s.progress, s.cfg.trainer
     if s.length.refit(p.step) is not None:  # a time budget fitted the run's length again
-        s.schedule.total_steps = bar.total = s.length.total_steps
+        s.schedule.refit(s.length.total_steps, p.step)
+        bar.total = s.length.total_steps
     bar.update(1)
     if p.step % t.log_every == 0 or p.step == s.length.total_steps:
         log_training(s, bar, loss.item(), lr, throughput.take())  # .item(): a CPU-GPU sync, only when logging
