@@ -22,6 +22,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         (["trainer.max_epochs=three"], "trainer.max_epochs: expected int or null, got 'three'"),
         (["optim.nesterov=maybe"], "optim.nesterov: expected bool, got 'maybe'"),
         (["data.crop=[64, x]"], r"data.crop: expected a list of int or null, got \[64, 'x'\]"),
+        (["data.resolution_schedule=null"],
+         r"data.resolution_schedule: expected a list of \{start, resize, crop\}, got None"),
         (["modle.name=unet"], "modle: unknown key"),
         (["trainer=5"], "trainer: expected a mapping"),
         (["trainer.max_epochs"], "trainer.max_epochs: expected an override of the form key.sub=value"),

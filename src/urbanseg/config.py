@@ -268,4 +268,6 @@ def _describe(hint) -> str:
         return f"a list of {_describe(args[0])}"
     if origin in (dict, Dict):
         return "a mapping"
+    if dataclasses.is_dataclass(hint):  # a user knows the keys, not our class's name
+        return "{" + ", ".join(field.name for field in dataclasses.fields(hint)) + "}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
