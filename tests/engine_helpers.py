@@ -36,6 +36,17 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
                           timeout=timeout, env=env, **kwargs)
 
 
+class SetClock:
+    """A stand-in for the `time` module that engine/run_length.py reads: it says `now`, which the
+    test sets."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 class TickClock:
     """A stand-in for the `time` module that engine/run_length.py reads: every reading is `tick`
     seconds after the previous one, so a budget is spent after a fixed number of steps however busy

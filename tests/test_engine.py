@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from engine_helpers import TickClock, run_cli, tiny_config, tiny_overrides
+from engine_helpers import SetClock, TickClock, run_cli, tiny_config, tiny_overrides
 from urbanseg.cli import main
 from urbanseg.engine import run_length as run_length_module
 from urbanseg.engine import state as state_module
@@ -208,14 +208,14 @@ def test_time_budget_shortens_the_run_and_still_anneals(cityscapes_root, tmp_pat
 
 
 def test_time_budget_refits_to_the_pace_both_ways(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(run_length_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    clock = SetClock()
+    monkeypatch.setattr(run_length_module, "time", clock)
     length = RunLength(planned_steps=1000, max_minutes=100 / 60, start_step=0)  # 100 s
     fits = {}
 
     def run(steps, seconds_per_step):
         for _ in range(steps):
-            clock[0] += seconds_per_step
+            clock.now += seconds_per_step
             step = run.step = run.step + 1
             fitted = length.refit(step)
             if fitted is not None:
@@ -242,12 +242,12 @@ def test_time_budget_is_spent_when_the_pace_varies(monkeypatch, pace, steps):
     the budget's second half on: timed over the latest 10% of the budget and refitted both ways
     to the end, the run spends its 2000 s and does not overrun. (Timed over 50 steps and only
     shortened in its second half it spent 1826 and 1964 s; over 10%, so shortened, 1953 and 1964.)"""
-    clock = [0.0]
-    monkeypatch.setattr(run_length_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    clock = SetClock()
+    monkeypatch.setattr(run_length_module, "time", clock)
     length = RunLength(planned_steps=100_000, max_minutes=2000 / 60)
     step = 0
     while step < length.total_steps:
-        clock[0] += pace(step)
+        clock.now += pace(step)
         step += 1
         length.refit(step)
-    assert 1990 <= clock[0] <= 2010 and steps[0] <= step <= steps[1]
+    assert 1990 <= clock.now <= 2010 and steps[0] <= step <= steps[1]

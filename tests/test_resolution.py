@@ -2,7 +2,7 @@
 the switch inside the training loop (workers, resume)."""
 import pytest
 
-from engine_helpers import tiny_config
+from engine_helpers import SetClock, tiny_config
 from urbanseg.config import load_config
 from urbanseg.engine import run_length as run_length_module
 from urbanseg.engine import train as train_module
@@ -46,8 +46,8 @@ def _train_on_a_clock(monkeypatch, schedule: ResolutionSchedule, seconds_per_ste
                       check=None) -> tuple[list, float]:
     """The loop's phase and run-length bookkeeping on a fake clock, each step taking its phase's
     seconds (the first five 2 s, untimed warm-up); returns each step's phase and the seconds used."""
-    clock = [0.0]
-    monkeypatch.setattr(run_length_module, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    clock = SetClock()
+    monkeypatch.setattr(run_length_module, "time", clock)
     length = RunLength(planned_steps=10_000, max_minutes=budget / 60, units=schedule.units)
     phases = []
     while len(phases) < length.total_steps:
@@ -55,11 +55,11 @@ def _train_on_a_clock(monkeypatch, schedule: ResolutionSchedule, seconds_per_ste
         if phases and phase != phases[-1]:
             length.new_phase(len(phases))
         phases.append(phase)
-        clock[0] += 2.0 if len(phases) <= 5 else seconds_per_step[phase]
+        clock.now += 2.0 if len(phases) <= 5 else seconds_per_step[phase]
         length.refit(len(phases))
         if check:
             check(len(phases), length)
-    return phases, clock[0]
+    return phases, clock.now
 
 
 def test_a_budget_fits_the_dearer_phase_in_its_minutes(monkeypatch):

@@ -5,22 +5,12 @@ import csv
 
 import pytest
 
-from engine_helpers import TickClock, tiny_config
+from engine_helpers import SetClock, TickClock, tiny_config
 from urbanseg.engine import run_length as run_length_module
 from urbanseg.engine.checkpoint import load_checkpoint
 from urbanseg.engine.run_length import RunLength
 from urbanseg.engine.train import train
 from urbanseg.visualize import minutes_curve, plot_curves, read_curves
-
-
-class _Clock:
-    """A stand-in for `time` in run_length: settable by the test."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
 
 
 def _rows(run_dir, split=None):
@@ -29,7 +19,7 @@ def _rows(run_dir, split=None):
 
 
 def test_trained_seconds_exclude_pauses_and_carry_over_a_resume(monkeypatch):
-    clock = _Clock()
+    clock = SetClock()
     monkeypatch.setattr(run_length_module, "time", clock)
     length = RunLength(planned_steps=100)
     clock.now = 10.0
@@ -44,7 +34,7 @@ def test_trained_seconds_exclude_pauses_and_carry_over_a_resume(monkeypatch):
 
 
 def test_a_budget_spaces_evaluations_in_time_and_bounds_their_cost(monkeypatch):
-    clock = _Clock()
+    clock = SetClock()
     monkeypatch.setattr(run_length_module, "time", clock)
     length = RunLength(planned_steps=100_000, max_minutes=10)  # 600 s: a curve point every 20 s
     due = []

@@ -5,10 +5,10 @@ Training at a low resolution first and at a higher one at the end buys many chea
 model that has seen its objects at the detail it will be scored at (fastai's progressive
 resizing; Touvron et al., "Fixing the train-test resolution discrepancy", 2019). A phase starts
 at a fraction of the run's optimizer steps (until it is entered: see below), so one schedule
-serves step-, epoch- and time-limited runs alike. Under `trainer.max_minutes` the steps of a larger phase cost more: `units` weighs each
-step by its pixels per image relative to the first phase, and `RunLength` fits the run's length
-in those units, so the phases still fit in the budget (the weights are an estimate until the
-larger steps are timed; each refit measures again).
+serves step-, epoch- and time-limited runs alike. Under `trainer.max_minutes` the steps of a
+larger phase cost more: `units` weighs each step by its pixels per image relative to the first
+phase, and `RunLength` fits the run's length in those units, so the phases still fit in the
+budget (the weights are an estimate until the larger steps are timed; each refit measures again).
 
 A run never goes back to an earlier phase. Under a budget the run's length is refitted as the
 steps are timed, and a dearer phase that turns out cheaper than its pixels said makes the run
