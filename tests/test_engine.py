@@ -233,6 +233,21 @@ def test_time_budget_refits_to_the_pace_both_ways(monkeypatch):
     assert fits[150] == 150
 
 
+def test_a_run_at_its_fitted_end_is_not_lengthened(monkeypatch):
+    """Steps that get faster just before the fitted end would lengthen the run, but its learning
+    rate has decayed to the end there: the run stops rather than add steps at the floor rate."""
+    clock = SetClock()
+    monkeypatch.setattr(run_length_module, "time", clock)
+    length = RunLength(planned_steps=1000, max_minutes=100 / 60)  # 100 s
+    fits = {}
+    for step in range(1, 101):
+        clock.now += 1.0 if step <= 75 else 0.5
+        if (fitted := length.refit(step)) is not None:
+            fits[step] = fitted
+    assert fits == {25: 100, 50: 100}  # 1 s a step: the 100 s hold 100 steps
+    assert length.total_steps == 100  # at step 100, 12.5 s left at 0.75 s a step (steps 50-100): not refitted
+
+
 @pytest.mark.parametrize("pace, steps", [
     (lambda step: 1.2 if (step // 50) % 2 else 0.8, (1990, 2010)),  # a shared machine's minutes
     (lambda step: 1.0 if step < 800 else 0.85, (2200, 2215)),  # the machine speeds up after 40%

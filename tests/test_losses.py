@@ -142,3 +142,15 @@ def test_fused_ce_dice_is_exact_for_confident_wrong_logits():
     fused = build_loss(LossConfig(terms={"ce": 1.0, "dice": 1.0}))
     dice = 1 - (0 + 1) / (0 + 1 + 1)  # no probability on the true class; smooth 1
     assert fused(logits, target).item() == pytest.approx(400.0 + dice, rel=1e-6)
+
+
+def test_fused_ce_dice_counts_classes_past_float32_integers():
+    """A class can cover more than 2^24 pixels of a batch (road in 32 Cityscapes crops at
+    1024x2048), past which adding 1 to a float32 count changes nothing: Dice must still see them all."""
+    pixels = 2**24 + 2**22
+    logits = torch.zeros(1, 2, 1, pixels).contiguous(memory_format=torch.channels_last)
+    logits[:, 0] = math.log(3)  # p = 0.75 for the true class everywhere
+    target = torch.zeros(1, 1, pixels, dtype=torch.long)
+    fused = build_loss(LossConfig(terms={"ce": 1.0, "dice": 1.0}))
+    dice = 1 - (2 * 0.75 * pixels + 1) / (0.75 * pixels + pixels + 1)  # I = P = 3N/4, T = N; smooth 1
+    assert fused(logits, target).item() == pytest.approx(-math.log(0.75) + dice, rel=1e-5)

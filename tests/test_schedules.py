@@ -50,7 +50,19 @@ def test_a_refitted_run_decays_on_from_where_it_is(name):
     old = {key: value for key, value in schedule.state_dict().items() if key != "anchor"}
     from_old = LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 70)
     from_old.load_state_dict(old)  # a checkpoint from before refits were anchored: the closed form
-    assert from_old.anchor == (10, 0.0)
+    assert from_old.anchor is None
+    assert from_old.lr(40) == LRSchedule(ScheduleConfig(name=name, warmup=10), 0.1, 70).lr(40)
+
+
+def test_a_schedule_never_refitted_resumes_with_its_own_warmup():
+    """Only a refit pins where decay goes on from: a run resumed with another warmup (or `unit:
+    epoch` with another epoch length) follows its own config, not the saved run's warmup."""
+    saved = LRSchedule(ScheduleConfig(name="poly", warmup=100), 0.1, 1000)
+    resumed = LRSchedule(ScheduleConfig(name="poly", warmup=0), 0.1, 1000)
+    resumed.load_state_dict(saved.state_dict())
+    fresh = LRSchedule(ScheduleConfig(name="poly", warmup=0), 0.1, 1000)
+    assert [resumed.lr(s) for s in (50, 500)] == [fresh.lr(s) for s in (50, 500)]
+    assert resumed.lr(50) < 0.1  # decaying, not held at the base rate until step 100
 
 
 def test_step_multistep_in_epochs():

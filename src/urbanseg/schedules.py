@@ -39,7 +39,9 @@ class LRSchedule:
         self.plateau_drops = 0
         self.plateau_best: Optional[float] = None
         self.plateau_waited = 0
-        self.anchor = (self.warmup, 0.0)  # (step, progress of the decay there) it goes on from: `refit`
+        # (step, progress of the decay there) a refitted run goes on from (`refit`); None: the
+        # closed form from the end of warmup, which a resumed run recomputes from its own config
+        self.anchor: Optional[tuple[int, float]] = None
 
     def refit(self, total_steps: int, step: int) -> None:
         """The run now ends after `total_steps` (a time budget refitted it after `step` steps)."""
@@ -49,7 +51,7 @@ class LRSchedule:
 
     def progress(self, step: int) -> float:
         """The fraction of the decay done after `step`, 0 at the end of warmup and 1 at the end."""
-        anchor_step, anchor_progress = self.anchor
+        anchor_step, anchor_progress = self.anchor or (self.warmup, 0.0)
         done = max(step - anchor_step, 0) / max(self.total_steps - anchor_step, 1)
         return min(anchor_progress + (1 - anchor_progress) * done, 1.0)
 
@@ -95,11 +97,11 @@ class LRSchedule:
 
     def state_dict(self) -> dict:
         return {"plateau_drops": self.plateau_drops, "plateau_best": self.plateau_best,
-                "plateau_waited": self.plateau_waited, "anchor": list(self.anchor)}
+                "plateau_waited": self.plateau_waited, "anchor": list(self.anchor) if self.anchor else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_drops = state["plateau_drops"]
         self.plateau_best = state["plateau_best"]
         self.plateau_waited = state["plateau_waited"]
-        if "anchor" in state:  # absent in checkpoints from before refits were anchored
-            self.anchor = (int(state["anchor"][0]), float(state["anchor"][1]))
+        anchor = state.get("anchor")  # absent in checkpoints from before refits were anchored
+        self.anchor = (int(anchor[0]), float(anchor[1])) if anchor else None

@@ -26,9 +26,9 @@ class RunLength:
     """After a warm-up (data-loader start-up, first allocations), time the steps and fit the run's
     length to the budget; refitted every `refit_every` steps at the pace of the latest steps, as
     the first ones are often slower: of about `pace_share` of the budget, since windows of a few
-    seconds vary by 10% and more. The run may grow or shrink at every refit, to its end: the
-    schedule's decay goes on from where it is to the new length (`LRSchedule.refit`), so the
-    learning rate does not jump. A new resolution phase starts the warm-up, timing and cadence
+    seconds vary by 10% and more. The run may grow or shrink at every refit until it reaches its
+    end: the schedule's decay goes on from where it is to the new length (`LRSchedule.refit`), so
+    the learning rate does not jump. A new resolution phase starts the warm-up, timing and cadence
     again (`new_phase`). Time spent in evaluations (`paused()`) does not count."""
 
     warmup_steps, timed_steps, refit_every, pace_share = 5, 20, 50, 0.1
@@ -103,8 +103,8 @@ class RunLength:
         """After optimizer step `step`: the run's new length where it is (re)computed, else None.
         It may grow as well as shrink until the end: a run held to the shortest length it was
         given stops early whenever the machine speeds up later."""
-        if self.budget_seconds is None:
-            return None
+        if self.budget_seconds is None or step >= self.total_steps:
+            return None  # at its end the learning rate has decayed: steps added now would be wasted
         now = time.perf_counter()
         net = now - self.excluded  # a clock that stops in evaluations
         since_segment = step - self.segment_step
