@@ -245,7 +245,8 @@ def test_a_run_at_its_fitted_end_is_not_lengthened(monkeypatch):
         if (fitted := length.refit(step)) is not None:
             fits[step] = fitted
     assert fits == {25: 100, 50: 100}  # 1 s a step: the 100 s hold 100 steps
-    assert length.total_steps == 100  # at step 100, 12.5 s left at 0.75 s a step (steps 50-100): not refitted
+    # at step 100, 12.5 s left at 0.75 s a step (steps 50-100) would give 116: not refitted
+    assert length.total_steps == 100
 
 
 @pytest.mark.parametrize("pace, steps", [

@@ -135,9 +135,9 @@ class _CrossEntropyDice(torch.autograd.Function):
     Works on one row of class scores per pixel: for the channels-last logits the engine's models
     give, that is a view, so the softmax runs along contiguous memory and the class sums are
     matrix-vector products or sums over rows. Rows of ignored pixels are zeroed in the saved
-    probabilities, so no later pass over all classes needs the mask. Forward and backward of a batch of 8 at 176x240
-    with 11 classes took 16 ms against 31-34 ms when computed on the 4-d tensor (fp32,
-    channels-last, 2 CPU threads, on both of the project's CPU kinds)."""
+    probabilities, so no later pass over all classes needs the mask. Forward and backward of a
+    batch of 8 at 176x240 with 11 classes took 16 ms against 31-34 ms when computed on the 4-d
+    tensor (fp32, channels-last, 2 CPU threads, on both of the project's CPU kinds)."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, ce_weight, dice_weight, smooth):
